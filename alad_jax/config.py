@@ -1,0 +1,286 @@
+"""Experiment configuration: one dataclass tree, TOML files, dotted overrides.
+
+The embedded default (``Config()``) is the POS experiment that ``alad run``
+runs with no arguments. A config file (TOML, never executed) and then
+``KEY=VALUE`` overrides are applied on top of it, each by dotted path
+(``data.train=...``, ``stages.align.lr=3e-4``, ``windows=[1,3,5]``). An unknown
+key or a value of the wrong type is an :class:`AladError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from alad_jax.errors import AladError
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The labelled task data.
+
+    ``train``/``dev``/``test`` are file paths, ``packaged:NAME`` for the data
+    shipped by the ``data`` extra (porttinari, petrogold, danteshots, wnut16),
+    or split names for ``format = "hf"``. ``dev``/``test`` may be ``hash``: a
+    deterministic md5-of-words split of the train source (1 in ``hash_every``
+    sentences each).
+    """
+
+    format: str = "conllu"
+    train: str = "packaged:porttinari"
+    dev: str = "hash"
+    test: str = "hash"
+    hash_every: int = 10
+    tag: str = "upos"  # conllu: upos or xpos
+    token_col: int = 0  # conll columns
+    tag_col: int = -1
+    scheme: str = "auto"  # conll tag scheme: auto, BIO, IOB1, BIOES, none
+    hf_name: str = ""  # format = "hf": dataset name, config and columns
+    hf_config: str = ""
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    max_train: int = 2000  # subsample (0 = all); stated in the outputs
+    max_dev: int = 400
+    max_test: int = 600
+
+
+@dataclasses.dataclass
+class CorpusConfig:
+    """Unlabelled general-domain text for stage 1 (task-independent alignment)."""
+
+    format: str = "conllu"
+    paths: list[str] = dataclasses.field(default_factory=lambda: ["packaged:petrogold", "packaged:danteshots"])
+    max_sentences: int = 3000
+    val_sentences: int = 300
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """Optimisation of one stage or case. ``token_budget`` > 0 batches by tokens."""
+
+    epochs: float = 4.0
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    token_budget: int = 0
+    warmup_fraction: float = 0.0
+    schedule: str = "linear"  # linear (decay to 0 after warmup) or constant
+    max_seconds: float = 0.0  # wall-clock budget (0 = none): the paper budgets stage 1 by time
+    max_steps: int = 0  # 0 = epochs decide
+
+
+def _stage(**kw) -> Any:
+    return dataclasses.field(default_factory=lambda: StageConfig(**kw))
+
+
+@dataclasses.dataclass
+class StagesConfig:
+    """Every stage and case of the pipeline, by name (DESIGN.md section 1)."""
+
+    teacher: StageConfig = _stage(epochs=2, lr=1e-4, weight_decay=0.01)
+    align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
+    continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
+    head: StageConfig = _stage(epochs=4, lr=5e-4, weight_decay=0.0)
+    frozen: StageConfig = _stage(epochs=4, lr=1e-4, weight_decay=0.01)
+    joint: StageConfig = _stage(epochs=4, lr=5e-5, weight_decay=0.01)
+    probe: StageConfig = _stage(epochs=4, lr=5e-4, weight_decay=0.0)
+    student_ft: StageConfig = _stage(epochs=4, lr=5e-5, weight_decay=0.01)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    clip_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class MeshSettings:
+    """Device mesh: sizes of the data-parallel and FSDP axes (-1 = all devices)."""
+
+    data: int = -1
+    fsdp: int = 1
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole experiment. ``Config()`` is the embedded default (POS, Porttinari)."""
+
+    task: str = "pos"  # pos, ner or qa
+    teacher: str = MINILM
+    teacher_finetuned: bool = False  # True: skip stage 0 (the teacher already solves the task)
+    student: str = MINILM
+    student_layers: int = 2  # > 0: keep only the first N layers of `student` (layer dropping)
+    windows: list[int] = dataclasses.field(default_factory=lambda: [3])
+    adapter_hidden: int = 1280
+    adapter_impl: str = "auto"
+    cache_features: bool = True  # stages 1-2: compute frozen hidden states once
+    max_length: int = 128
+    stride: int = 32  # overlap of windows over long sentences (tagging) / doc stride (qa)
+    max_query_length: int = 64
+    head_dropout: float = 0.1
+    seed: int = 0
+    cache_dir: str = ""  # Hugging Face cache directory ("" = the library default)
+    eval_batch_size: int = 64
+    latency_batches: int = 8
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
+    stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshSettings = dataclasses.field(default_factory=MeshSettings)
+
+    def validate(self) -> "Config":
+        if self.task not in ("pos", "ner", "qa"):
+            raise AladError(f"config key 'task' is {self.task!r}; use one of pos, ner, qa")
+        if not self.windows:
+            raise AladError("config key 'windows' is empty; give at least one odd window size, e.g. windows=[3]")
+        for k in self.windows:
+            if k < 1 or k % 2 == 0:
+                raise AladError(f"config key 'windows' holds {k}; window sizes must be odd and positive (1, 3, 5, ...)")
+        if len(set(self.windows)) != len(self.windows):
+            raise AladError(f"config key 'windows' repeats a size: {self.windows}")
+        if self.student_layers < 0:
+            raise AladError(f"config key 'student_layers' is {self.student_layers}; use 0 (keep all) or a positive count")
+        for name, stage in dataclasses.asdict(self.stages).items():
+            if (stage["batch_size"] > 0) == (stage["token_budget"] > 0):
+                raise AladError(
+                    f"config keys 'stages.{name}.batch_size' and 'stages.{name}.token_budget': set exactly one above 0"
+                )
+        return self
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type ``tp``; ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise AladError(f"config key '{key}' must be a list, e.g. {key}=[1,3,5]; got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except AladError as e:
+                errors.append(e)
+        raise errors[0]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is type(None) and value is None:
+        return None
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise AladError(f"config key '{key}' must be {name}; got {value!r}")
+
+
+def _apply(obj: Any, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    target = obj
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(target):
+            raise AladError(f"{source}: config key '{key}' is not a field ('{'.'.join(parts[:i])}' has no sub-keys)")
+        names = [f.name for f in dataclasses.fields(target)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean '{'.'.join(parts[:i] + close)}'?" if close else f"; known keys here: {', '.join(names)}"
+            raise AladError(f"{source}: unknown config key '{key}'{hint}")
+        if i == len(parts) - 1:
+            tp = _field_types(type(target))[part]
+            current = getattr(target, part)
+            if dataclasses.is_dataclass(current):
+                if not isinstance(value, dict):
+                    raise AladError(f"{source}: config key '{key}' is a section; set its fields, e.g. {key}.FIELD=VALUE")
+                for sub, v in value.items():
+                    _apply(obj, f"{key}.{sub}", v, source)
+            else:
+                setattr(target, part, _coerce(value, tp, key))
+        else:
+            target = getattr(target, part)
+
+
+def _flatten(table: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a TOML literal (``3``, ``1e-4``, ``true``, ``[1,3]``, ``"x"``), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The embedded default, then the TOML file at ``path``, then ``KEY=VALUE`` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AladError(f"config file {path} does not exist; pass an existing TOML file (see configs/)")
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise AladError(f"config file {path} is not valid TOML: {e}") from None
+        for key, value in _flatten(table):
+            _apply(config, key, value, str(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise AladError(f"override {item!r} is not KEY=VALUE (e.g. seed=1 or data.train=path/to/train.conllu)")
+        _apply(config, key.strip(), parse_value(text.strip()), "command line")
+    return config.validate()
+
+
+def dump_toml(config: Config) -> str:
+    """The resolved config as TOML (what ``alad run`` writes to the work directory)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        raise TypeError(type(v))
+
+    lines: list[str] = []
+
+    def emit(table: dict, prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        sections = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {fmt(v)}" for k, v in scalars.items())
+        for k, v in sections.items():
+            emit(v, f"{prefix}.{k}" if prefix else k)
+
+    emit(to_dict(config), "")
+    return "\n".join(lines).lstrip() + "\n"
