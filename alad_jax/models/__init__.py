@@ -1,0 +1,35 @@
+"""BERT-family encoders (Flax NNX), task heads, and HF checkpoint loading/saving.
+
+modeling.py holds the modules, params.py the HF <-> nnx name tables, hub.py
+finds/reads/writes checkpoints, compress.py makes students by layer dropping.
+"""
+
+from alad_jax.models.compress import truncate
+from alad_jax.models.config import EncoderConfig
+from alad_jax.models.heads import QAHead, TaggingHead
+from alad_jax.models.hub import (
+    PACKAGED_MODELS,
+    count_params,
+    load_encoder,
+    load_tokenizer,
+    resolve_model_dir,
+    save_encoder,
+)
+from alad_jax.models.modeling import BertEncoder, DistilBertEncoder, EncoderOutput, build_encoder
+
+__all__ = [
+    "PACKAGED_MODELS",
+    "BertEncoder",
+    "DistilBertEncoder",
+    "EncoderConfig",
+    "EncoderOutput",
+    "QAHead",
+    "TaggingHead",
+    "build_encoder",
+    "count_params",
+    "load_encoder",
+    "load_tokenizer",
+    "resolve_model_dir",
+    "save_encoder",
+    "truncate",
+]

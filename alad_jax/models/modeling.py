@@ -1,0 +1,248 @@
+"""BERT and DistilBERT encoders in Flax NNX (modules only; loading lives in params.py / hub.py).
+
+Both families are the same post-LayerNorm transformer (Devlin et al. 2019;
+Sanh et al. 2019), so they share one module tree:
+
+    x = LayerNorm(word[ids] + position[0..t) (+ token_type[types]))       embeddings
+    for each layer:
+        x = LayerNorm(x + Dropout(SelfAttention(x, mask)))                attention_norm
+        x = LayerNorm(x + Dropout(W_out · act(W_in · x)))                 mlp_norm
+
+DistilBERT has no token-type table and no dropout on the attention output
+projection. Neither family gets a pooler here: only token states are used.
+
+Parameter paths (`nnx.state(encoder, nnx.Param)`; `i` is the layer index, an int
+in the path tuple). Kernels are [in, out]; stable, so sharding rules may match them:
+
+    embeddings.word_embeddings.embedding         [vocab, hidden]
+    embeddings.position_embeddings.embedding     [max_positions, hidden]
+    embeddings.token_type_embeddings.embedding   [type_vocab, hidden]     (BERT only)
+    embeddings.norm.{scale,bias}                 [hidden]
+    layers.i.attention.{query,key,value}.kernel  [hidden, hidden]   (out = heads x head_dim)
+    layers.i.attention.{query,key,value}.bias    [hidden]
+    layers.i.attention.output.kernel             [hidden, hidden]   (in = heads x head_dim)
+    layers.i.attention.output.bias               [hidden]
+    layers.i.attention_norm.{scale,bias}         [hidden]
+    layers.i.mlp.intermediate.{kernel,bias}      [hidden, intermediate], [intermediate]
+    layers.i.mlp.output.{kernel,bias}            [intermediate, hidden], [hidden]
+    layers.i.mlp_norm.{scale,bias}               [hidden]
+
+Dropout never holds RNG state: with `deterministic=False` the caller passes one
+PRNG key and it is split per dropout site, so a forward pass is a pure function
+of (params, inputs, key) and jits through `nnx.split` / `nnx.merge`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alad_jax.errors import AladError
+from alad_jax.models.config import EncoderConfig
+
+_INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range default
+
+_ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" is the erf form
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+class EncoderOutput(NamedTuple):
+    """last_hidden_state: [batch, seq, hidden] in the compute dtype.
+
+    hidden_states: when requested, (embeddings output, layer 1 output, ..., layer N
+    output): N + 1 arrays of [batch, seq, hidden], as transformers orders them.
+    """
+
+    last_hidden_state: jax.Array
+    hidden_states: tuple | None
+
+
+def _split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
+    return [None] * num if key is None else list(jax.random.split(key, num))
+
+
+def _linear(in_features: int, out_features: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=_INIT, bias_init=nnx.initializers.zeros, rngs=rngs,
+    )
+
+
+def _layer_norm(config: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype,
+        param_dtype=jnp.float32, rngs=rngs,
+    )
+
+
+def _embed(num: int, config: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(
+        num, config.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=_INIT, rngs=rngs,
+    )
+
+
+class Embeddings(nnx.Module):
+    """Word + absolute position (+ token type) embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.word_embeddings = _embed(config.vocab_size, config, dtype, rngs)
+        self.position_embeddings = _embed(config.max_position_embeddings, config, dtype, rngs)
+        self.token_type_embeddings = (
+            _embed(config.type_vocab_size, config, dtype, rngs) if config.type_vocab_size else None
+        )
+        self.norm = _layer_norm(config, dtype, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
+        """input_ids, token_type_ids: int [batch, seq] -> [batch, seq, hidden]."""
+        x = self.word_embeddings(input_ids)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(jnp.arange(input_ids.shape[1]))[None]
+        return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head scaled dot-product self-attention with an output projection."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        hidden = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.query = _linear(hidden, hidden, dtype, rngs)
+        self.key = _linear(hidden, hidden, dtype, rngs)
+        self.value = _linear(hidden, hidden, dtype, rngs)
+        self.output = _linear(hidden, hidden, dtype, rngs)
+        self.dropout = nnx.Dropout(config.attention_dropout)
+
+    def __call__(self, x, attention_bias, *, deterministic: bool, rngs):
+        """x: [batch, seq, hidden]; attention_bias: float32 [batch, seq] added to key scores."""
+        batch, seq, _ = x.shape
+        heads = lambda y: y.reshape(batch, seq, self.num_heads, self.head_dim)
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim ** -0.5
+        # Softmax in float32 even under bfloat16 compute: masked keys carry finfo.min.
+        scores = scores.astype(jnp.float32) + attention_bias[:, None, None, :]
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = self.dropout(probs, deterministic=deterministic, rngs=rngs).astype(v.dtype)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, -1)
+        return self.output(context)
+
+
+class FeedForward(nnx.Module):
+    """Position-wise MLP: hidden -> intermediate -> activation -> hidden."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.intermediate = _linear(config.hidden_size, config.intermediate_size, dtype, rngs)
+        self.output = _linear(config.intermediate_size, config.hidden_size, dtype, rngs)
+        self.hidden_act = config.hidden_act
+
+    def __call__(self, x):
+        return self.output(_ACTIVATIONS[self.hidden_act](self.intermediate(x)))
+
+
+class TransformerLayer(nnx.Module):
+    """One post-LayerNorm block: attention and MLP, each with residual + LayerNorm."""
+
+    def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.attention = SelfAttention(config, dtype=dtype, rngs=rngs)
+        self.attention_norm = _layer_norm(config, dtype, rngs)
+        self.mlp = FeedForward(config, dtype=dtype, rngs=rngs)
+        self.mlp_norm = _layer_norm(config, dtype, rngs)
+        # DistilBERT adds the attention projection to the residual without dropout.
+        attention_output_rate = config.hidden_dropout if config.model_type == "bert" else 0.0
+        self.attention_output_dropout = nnx.Dropout(attention_output_rate)
+        self.mlp_dropout = nnx.Dropout(config.hidden_dropout)
+
+    def __call__(self, x, attention_bias, *, deterministic: bool, rngs):
+        """x: [batch, seq, hidden] -> [batch, seq, hidden]."""
+        attention_key, attention_output_key, mlp_key = _split_key(rngs, 3)
+        h = self.attention(x, attention_bias, deterministic=deterministic, rngs=attention_key)
+        h = self.attention_output_dropout(h, deterministic=deterministic, rngs=attention_output_key)
+        x = self.attention_norm(x + h)
+        h = self.mlp_dropout(self.mlp(x), deterministic=deterministic, rngs=mlp_key)
+        return self.mlp_norm(x + h)
+
+
+class TransformerEncoder(nnx.Module):
+    """Embeddings followed by `num_layers` transformer layers; shared by BERT and DistilBERT."""
+
+    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.config = config
+        self.embeddings = Embeddings(config, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [TransformerLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)]
+        )
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """Token states of a padded batch.
+
+        Args:
+          input_ids: int [batch, seq].
+          attention_mask: int [batch, seq], 1 for real tokens, 0 for padding.
+          token_type_ids: int [batch, seq] or None (zeros). DistilBERT has no
+            token types and ignores them, so one batch feeds either family.
+          deterministic: False applies dropout, drawn from `rngs`.
+          rngs: a PRNG key, required when `deterministic` is False.
+          output_hidden_states: also return the embeddings and every layer's output.
+
+        Returns:
+          EncoderOutput with last_hidden_state [batch, seq, hidden].
+        """
+        chex.assert_rank([input_ids, attention_mask], 2)
+        chex.assert_equal_shape([input_ids, attention_mask])
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        chex.assert_equal_shape([input_ids, token_type_ids])
+        if not deterministic and rngs is None:
+            raise AladError("encoder called with deterministic=False but no PRNG key; pass rngs=key")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise AladError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}; truncate inputs to that length"
+            )
+
+        embedding_key, *layer_keys = _split_key(rngs, len(self.layers) + 1)
+        # Additive mask over keys: 0 where attended, the most negative float32 where padded.
+        attention_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(jnp.float32).min)
+        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=embedding_key)
+        hidden_states = [x]
+        for layer, key in zip(self.layers, layer_keys):
+            x = layer(x, attention_bias, deterministic=deterministic, rngs=key)
+            hidden_states.append(x)
+        return EncoderOutput(x, tuple(hidden_states) if output_hidden_states else None)
+
+
+class BertEncoder(TransformerEncoder):
+    """BERT: absolute positions and token-type embeddings; no pooler."""
+
+
+class DistilBertEncoder(TransformerEncoder):
+    """DistilBERT: like BERT without token types or attention-output dropout."""
+
+
+def build_encoder(
+    config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32
+) -> BertEncoder | DistilBertEncoder:
+    """A randomly initialised encoder for `config`; params float32, `dtype` = compute dtype."""
+    cls = BertEncoder if config.model_type == "bert" else DistilBertEncoder
+    return cls(config, rngs=rngs, dtype=dtype)
