@@ -22,6 +22,7 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.modeling import build_encoder
+from train.loop import make_train_step
 
 ROWS, SEQ, NUM_LABELS = 16, 8, 5
 IGNORE_INDEX = -100
@@ -72,16 +73,8 @@ def optimizer() -> optax.GradientTransformation:
 
 
 def make_step(graphdef, tx: optax.GradientTransformation):
-    def step(trainable, frozen, opt_state, batch, key):
-        def compute(trainable):
-            return loss_fn(nnx.merge(graphdef, trainable, frozen), batch, key)
-
-        loss, grads = jax.value_and_grad(compute)(trainable)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return optax.apply_updates(trainable, updates), opt_state, metrics
-
-    return step
+    """The training loop's own step (train.loop.make_train_step), so the sharding proof covers it."""
+    return make_train_step(graphdef, lambda model, batch, key: (loss_fn(model, batch, key), {}), tx)
 
 
 def _numpy_values(abstract_state, seed: int):
