@@ -1,0 +1,146 @@
+"""Cached frozen hidden states for the alignment stages.
+
+In stages 1 and 2 both the student and the teacher are frozen, so their last
+hidden states are the same every epoch. They are computed once, stored in
+bfloat16 (raw ``uint16`` bits in ``.npy`` files, memory-mapped back) under a
+key derived from the parameters and configuration of both encoders and the
+tokenized rows, and the adapter then trains from the cache. Any change of
+model, data or tokenizer changes the key, so a stale cache is never read.
+Stored per token (no padding), so one cache serves any batching or bucketing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from alad_jax.errors import AladError
+
+BF16 = ml_dtypes.bfloat16
+
+
+def fingerprint_params(module: nnx.Module) -> str:
+    """A digest of every parameter's bytes, names and shapes (invalidates caches on any change)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]:
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.shape}:{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_encoder(encoder: nnx.Module) -> str:
+    """Parameters plus the architecture: a config change (e.g. the activation) also changes the outputs."""
+    return f"{type(encoder).__name__}:{getattr(encoder, 'config', None)!r}:{fingerprint_params(encoder)}"
+
+
+def fingerprint_rows(rows: Sequence[np.ndarray]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for row in rows:
+        digest.update(np.asarray(row, np.int32).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, input_ids, attention_mask):
+    encoder = nnx.merge(graphdef, state)
+    return encoder(input_ids, attention_mask).last_hidden_state.astype(jnp.bfloat16)
+
+
+class HiddenCache:
+    """Per-row student and teacher hidden states, ``[num_tokens, D]`` bf16 each, plus row offsets."""
+
+    def __init__(self, student: np.ndarray, teacher: np.ndarray, offsets: np.ndarray):
+        self.student = student
+        self.teacher = teacher
+        self.offsets = offsets
+
+    @classmethod
+    def build(cls, directory: Path, rows: Sequence[np.ndarray], student: nnx.Module, teacher: nnx.Module,
+              *, batch_size: int = 64) -> "HiddenCache":
+        """Load the cache for (student, teacher, rows) from ``directory``, computing it if absent.
+
+        ``rows`` are token id arrays (special tokens included), one per sequence.
+        """
+        key = hashlib.blake2b(
+            "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]).encode(),
+            digest_size=12,
+        ).hexdigest()
+        path = Path(directory) / key
+        if (path / "done.json").is_file():
+            return cls._load(path)
+        lengths = np.array([len(r) for r in rows], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        parts = {}
+        for name, encoder in (("student", student), ("teacher", teacher)):
+            graphdef, state = nnx.split(encoder)
+            width = encoder.config.hidden_size
+            out = np.zeros((offsets[-1], width), BF16)
+            # Longest first, in fixed-size blocks padded to the block's longest row.
+            order = np.argsort(-lengths, kind="stable")
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                width_t = int(lengths[idx].max())
+                width_t = 1 << max(4, (width_t - 1).bit_length())  # power-of-two shapes bound recompiles
+                ids = np.zeros((batch_size, width_t), np.int32)
+                mask = np.zeros((batch_size, width_t), np.int32)
+                for r, i in enumerate(idx):
+                    ids[r, :lengths[i]] = rows[i]
+                    mask[r, :lengths[i]] = 1
+                hidden = np.asarray(_encode(graphdef, state, ids, mask))
+                for r, i in enumerate(idx):
+                    out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
+            parts[name] = out
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, array in parts.items():
+            np.save(tmp / f"{name}.npy", array.view(np.uint16))
+        np.save(tmp / "offsets.npy", offsets)
+        (tmp / "done.json").write_text(json.dumps({"rows": len(rows), "tokens": int(offsets[-1])}))
+        os.replace(tmp, path)
+        return cls(parts["student"], parts["teacher"], offsets)
+
+    @classmethod
+    def _load(cls, path: Path) -> "HiddenCache":
+        student = np.load(path / "student.npy", mmap_mode="r").view(BF16)
+        teacher = np.load(path / "teacher.npy", mmap_mode="r").view(BF16)
+        return cls(student, teacher, np.load(path / "offsets.npy"))
+
+    def gather(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add ``student_hidden`` / ``teacher_hidden`` ``[B, L, D]`` (bf16, zeros at padding) for a row batch.
+
+        ``batch["feature_index"]`` ``[B]`` names each row's cached sequence (-1:
+        a padding row); ``attention_mask`` must count exactly that sequence's
+        tokens, which catches a batch paired with another data set's cache.
+        """
+        rows = np.asarray(batch["feature_index"])
+        length = batch["input_ids"].shape[1]
+        start = self.offsets[np.maximum(rows, 0)]
+        lengths = np.where(rows >= 0, self.offsets[np.maximum(rows, 0) + 1] - start, 0)
+        real = np.asarray(batch["attention_mask"]).sum(axis=1)
+        if np.any(lengths != real):
+            bad = int(np.argmax(lengths != real))
+            raise AladError(
+                f"hidden cache: batch row {bad} (sequence {rows[bad]}) has {real[bad]} tokens, the cache holds "
+                f"{lengths[bad]}; the batch was made from other rows than the cache, rebuild it from the same rows"
+            )
+        positions = np.arange(length)
+        valid = positions[None, :] < lengths[:, None]
+        index = np.where(valid, start[:, None] + positions[None, :], 0)  # [B, L] rows of the token arrays
+        out = {}
+        for name, table in (("student_hidden", self.student), ("teacher_hidden", self.teacher)):
+            hidden = table[index.reshape(-1)].reshape(*index.shape, table.shape[1])
+            hidden[~valid] = 0
+            out[name] = hidden
+        return {**batch, **out}

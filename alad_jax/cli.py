@@ -1,0 +1,123 @@
+"""The ``alad`` command.
+
+    alad run [--config FILE] [--workdir DIR] [KEY=VALUE ...]
+    alad compress truncate --source DIR_OR_ID --layers N --out DIR
+    alad predict --model DIR (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad bench [KEY=VALUE ...]
+
+User errors print one line (``error: what, where, how to fix``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from alad_jax.errors import AladError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapter (AlAd) in JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline (stages 0-3, baselines, ablation) into a work directory")
+    run.add_argument("--config", help="TOML config file (see configs/); default: the embedded POS experiment")
+    run.add_argument("--workdir", help="output directory (default: runs/<config name>); re-running resumes")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
+
+    compress = sub.add_parser("compress", help="make a compressed student checkpoint")
+    recipes = compress.add_subparsers(dest="recipe", required=True)
+    truncate = recipes.add_parser("truncate", help="keep the first N layers (layer dropping)")
+    truncate.add_argument("--source", required=True, help="Hub id or local directory of the model to compress")
+    truncate.add_argument("--layers", required=True, type=int, help="number of layers to keep")
+    truncate.add_argument("--out", required=True, help="output directory (HF layout)")
+    truncate.add_argument("--cache-dir", help="Hugging Face cache directory")
+
+    predict = sub.add_parser("predict", help="label text with a saved aligned model or a finished work directory")
+    predict.add_argument("--model", required=True,
+                         help="saved aligned model directory, exported serving artifact, or a work directory")
+    predict.add_argument("--case", default="frozen", help="which trained case of a work directory (default frozen)")
+    predict.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
+    predict.add_argument("--text", action="append", help="a raw sentence, split on whitespace (repeatable)")
+    predict.add_argument("--words", action="append", nargs="+", metavar="WORD",
+                         help="a pre-tokenized sentence (repeatable)")
+    predict.add_argument("--file", help="a file of sentences: CoNLL, CoNLL-U or plain text (one per line)")
+    predict.add_argument("--format", choices=["text", "conll", "conllu"],
+                         help="format of --file (default: from its suffix .conll/.conllu, else text)")
+    predict.add_argument("--out", help="write predictions here (CoNLL: word<TAB>label) instead of stdout")
+
+    bench = sub.add_parser("bench", help="measure latency, alignment throughput and MFU; prints one JSON document")
+    bench.add_argument("--vs-torch", action="store_true", help="also time the PyTorch reference recipe (needs torch)")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="teacher=... student=... student_layers=...")
+    return parser
+
+
+def _enable_compilation_cache() -> None:
+    """Persist XLA compilations across runs: a resumed or repeated run skips most compile time."""
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        jax.config.update("jax_compilation_cache_dir", str(base / "alad-jax" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _run(args) -> int:
+    from alad_jax import sharding
+    from alad_jax.config import load_config
+    from train import pipeline
+
+    sharding.initialize_distributed()
+    _enable_compilation_cache()
+    config = load_config(args.config, args.overrides)
+    name = Path(args.config).stem if args.config else "default"
+    workdir = Path(args.workdir or Path("runs") / name)
+    results = pipeline.run(config, workdir)
+    if sharding.is_primary():
+        print(f"results: {workdir / 'results.md'} ({len(results['rows'])} rows)")
+    return 0
+
+
+def _compress(args) -> int:
+    from alad_jax.models import compress
+
+    out = compress.truncate(args.source, args.layers, args.out, cache_dir=args.cache_dir)
+    print(f"wrote {out} (first {args.layers} layers of {args.source})")
+    return 0
+
+
+def _predict(args) -> int:
+    from alad_jax.inference import predictor
+
+    return predictor.main(args)
+
+
+def _bench(args) -> int:
+    from train import bench
+
+    return bench.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handler = {"run": _run, "compress": _compress, "predict": _predict, "bench": _bench}[args.command]
+    try:
+        return handler(args)
+    except AladError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions, ...: the user's environment, not a bug
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

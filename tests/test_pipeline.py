@@ -1,0 +1,204 @@
+"""End to end: `alad run` on tiny random encoders and real Porttinari sentences.
+
+Proves the work directory answers the contract (results.json rows and keys,
+results.md, plots, TensorBoard scalars, exported reference-layout adapters,
+per-stage checkpoints), that training moves the numbers it should, and that a
+run killed with SIGKILL and started again ends with the same results.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file
+
+from alad_jax.config import load_config
+from alad_jax.data.packaged import packaged_path
+from alad_jax.models.config import EncoderConfig
+from alad_jax.models.hub import load_tokenizer, save_encoder
+from alad_jax.models.modeling import build_encoder
+from train import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKER = ROOT.parent / "shared" / "check_results.py"
+ROWS = ["teacher", "student_probe", "student_ft", "alad_w3_head", "alad_w3_frozen", "alad_w3_joint",
+        "alad_w3_noalign_frozen"]
+
+
+def _blocks(name: str, start: int, stop: int) -> str:
+    text = packaged_path(name).read_text(encoding="utf-8")
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    return "\n\n".join(blocks[start:stop]) + "\n\n"
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """One persistent compilation cache for the in-process run and the `alad` subprocesses."""
+    import jax
+
+    path = tmp_path_factory.mktemp("xla")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield path
+    jax.config.update("jax_compilation_cache_dir", None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, xla_cache):
+    """Tiny random teacher (H48) and student (H32) with the real MiniLM tokenizer, real UD sentences."""
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    for name, hidden, layers in (("teacher", 48, 2), ("student", 32, 1)):
+        config = EncoderConfig(model_type="bert", vocab_size=tokenizer.vocab_size, hidden_size=hidden,
+                               num_layers=layers, num_heads=2, intermediate_size=2 * hidden,
+                               max_position_embeddings=128)
+        save_encoder(build_encoder(config, rngs=nnx.Rngs(1)), root / name, tokenizer=tokenizer)
+    for split, (a, b) in {"train": (0, 64), "dev": (64, 80), "test": (80, 96)}.items():
+        (root / f"{split}.conllu").write_text(_blocks("porttinari", a, b), encoding="utf-8")
+    (root / "corpus.conllu").write_text(_blocks("petrogold", 0, 48), encoding="utf-8")
+    overrides = [
+        f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
+        f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",
+        "data.max_train=0", "data.max_dev=0", "data.max_test=0",
+        f'corpus.paths=["{root / "corpus.conllu"}"]', "corpus.max_sentences=36", "corpus.val_sentences=12",
+        "adapter_hidden=64", "max_length=64", "eval_batch_size=16", "latency_batches=2", "checkpoint_every=3",
+        "stages.teacher.epochs=2", "stages.align.epochs=2", "stages.continual.epochs=2",
+        "stages.align.token_budget=512", "stages.continual.token_budget=512",
+    ] + [f"stages.{s}.epochs=1" for s in ("head", "frozen", "joint", "probe", "student_ft")] \
+      + [f"stages.{s}.batch_size=16" for s in ("teacher", "head", "frozen", "joint", "probe", "student_ft")] \
+      + ["stages.teacher.lr=1e-3", "stages.align.lr=1e-3", "stages.continual.lr=1e-3"]
+    return root, overrides, {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(xla_cache), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    _, overrides, _ = tiny
+    workdir = tmp_path_factory.mktemp("run")
+    results = pipeline.run(load_config(None, overrides), workdir)
+    return workdir, results
+
+
+def _alad(*args):
+    return [sys.executable, "-m", "alad_jax.cli", *args]
+
+
+def test_results_json_meets_the_contract(finished):
+    workdir, results = finished
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert on_disk["task"] == "pos" and on_disk["metric"] == "accuracy"
+    assert [r["name"] for r in on_disk["rows"]] == ROWS
+    for row in on_disk["rows"]:
+        assert set(row) >= {"name", "dev", "test", "params", "latency_ms", "cosine"}
+        assert 0.0 <= row["dev"] <= 1.0 and 0.0 <= row["test"] <= 1.0
+        assert set(row["params"]) >= {"total", "trainable", "adapter"}
+        assert row["latency_ms"] > 0
+        assert (row["cosine"] is not None) == row["name"].startswith("alad_")
+    if CHECKER.is_file():
+        check = subprocess.run([sys.executable, str(CHECKER), str(workdir)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+
+
+def test_parameter_accounting_is_exact(finished):
+    _, results = finished
+    rows = {r["name"]: r for r in results["rows"]}
+    adapter = 3 * 32 * 64 + 64 + 64 * 48 + 48  # fc1 (K*Ds -> 64) + fc2 (64 -> Dt)
+    assert rows["alad_w3_frozen"]["params"]["adapter"] == adapter
+    assert rows["student_probe"]["params"]["adapter"] == 0
+    head = rows["alad_w3_head"]["params"]["trainable"]
+    assert head % 49 == 0  # a 48 -> labels linear layer: (48 + 1) * labels
+    assert rows["alad_w3_frozen"]["params"]["trainable"] == adapter + head
+    assert rows["alad_w3_joint"]["params"]["trainable"] == rows["alad_w3_joint"]["params"]["total"]
+    assert rows["alad_w3_frozen"]["params"]["total"] == rows["alad_w3_joint"]["params"]["total"]
+
+
+def test_alignment_training_reduces_the_loss(finished):
+    workdir, results = finished
+    progress = json.loads((workdir / "progress.json").read_text())
+    for stage in ("align_w3", "continual_w3"):
+        history = progress[stage]["history"]
+        assert len(history) == 2
+        assert history[1]["mse"] < history[0]["mse"]
+    assert results["alignment"]["w3"]["stage2"]["cosine"] > 0.0
+
+
+def test_work_directory_holds_every_output(finished):
+    workdir, _ = finished
+    text = (workdir / "results.md").read_text()
+    for name in ROWS:
+        assert name in text
+    for png in ("alignment.png", "metric_by_row.png"):
+        assert (workdir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert load_config(workdir / "config.toml").windows == [3]
+    tensors = load_file(str(workdir / "adapters" / "w3_continual.safetensors"))
+    assert tensors["fc1.weight"].shape == (64, 3 * 32) and tensors["fc2.weight"].shape == (48, 64)
+    for stage in ("teacher", "align_w3", "continual_w3", "alad_w3_joint"):
+        assert any((workdir / "checkpoints" / stage).iterdir())
+
+
+def _comparable(results):
+    keep = ("name", "dev", "test", "params", "cosine", "dev_metrics", "test_metrics", "steps")
+    return [{k: r[k] for k in keep} for r in results["rows"]]
+
+
+def test_killed_run_resumes_to_identical_results(tiny, finished, tmp_path):
+    _, overrides, env = tiny
+    _, reference = finished
+    workdir = tmp_path / "killed"
+    cmd = _alad("run", "--workdir", str(workdir), *overrides)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # Kill inside a stage: once the alignment stage has written a mid-stage checkpoint.
+    deadline = time.time() + 300
+    target = workdir / "checkpoints" / "align_w3"
+    while time.time() < deadline and proc.poll() is None:
+        if target.is_dir() and any(p.name.isdigit() for p in target.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    progress = json.loads((workdir / "progress.json").read_text())
+    assert "align_w3" not in progress and "teacher" in progress
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((workdir / "results.json").read_text())
+    assert _comparable(resumed) == _comparable(reference)
+
+
+def test_bad_input_is_one_clear_line(tiny, tmp_path):
+    _, overrides, env = tiny
+    missing = tmp_path / "missing.conllu"
+    out = subprocess.run(_alad("run", "--workdir", str(tmp_path / "w"), *overrides, f"data.train={missing}"),
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "missing.conllu" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(_alad("run", "--workdir", str(tmp_path / "w"), "stages.algn.lr=1"), capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and "stages.algn.lr" in out.stderr and "stages.align" in out.stderr
+
+
+def test_malformed_data_line_names_file_and_line(tiny, tmp_path):
+    root, overrides, env = tiny
+    bad = tmp_path / "bad.conllu"
+    lines = (root / "train.conllu").read_text().splitlines()
+    lines[5] = "3\tonly-two-columns"
+    bad.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(_alad("run", "--workdir", str(tmp_path / "w"), *overrides, f"data.train={bad}"),
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "bad.conllu:6" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_changed_config_in_existing_workdir_is_refused(finished, tiny):
+    workdir, _ = finished
+    _, overrides, env = tiny
+    out = subprocess.run(_alad("run", "--workdir", str(workdir), *overrides, "seed=5"), capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and "different config" in out.stderr
+    assert json.loads((workdir / "results.json").read_text())["rows"]  # nothing already written was lost

@@ -1,0 +1,166 @@
+"""The composite models the stages train, and their pure loss and forward functions.
+
+``TaskModel`` is encoder -> (AlAd) -> head: the teacher and the student
+baselines have no adapter; the ``alad_*`` rows have one. Which parts move in a
+stage is the loop's parameter filter (:data:`TRAINABLE`); which parts apply
+dropout is fixed here: a frozen part runs deterministically.
+``AlignModel`` is student -> AlAd against a frozen teacher (stages 1-2
+without the feature cache).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum
+
+IGNORE_INDEX = -100
+
+
+def _param_filter(*parts: str):
+    if not parts:
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p) for p in parts)))
+
+
+# What each stage or case trains (DESIGN.md section 1, stage 3 cases and baselines).
+TRAINABLE = {
+    "teacher": _param_filter(),
+    "teacher_head": _param_filter("head"),
+    "probe": _param_filter("head"),
+    "student_ft": _param_filter(),
+    "head": _param_filter("head"),
+    "frozen": _param_filter("adapter", "head"),
+    "noalign_frozen": _param_filter("adapter", "head"),
+    "joint": _param_filter(),
+}
+
+
+class TaskModel(nnx.Module):
+    """encoder -> optional AlAd -> task head (tagging logits or QA start/end logits)."""
+
+    def __init__(self, encoder: nnx.Module, head: nnx.Module, adapter: AlignmentAdapter | None = None, *,
+                 train_encoder: bool = True, train_adapter: bool = True):
+        self.encoder = encoder
+        self.adapter = adapter
+        self.head = head
+        self.train_encoder = train_encoder
+        self.train_adapter = train_adapter
+
+    def hidden(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None) -> jax.Array:
+        """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's."""
+        enc_key = None if key is None else jax.random.fold_in(key, 0)
+        out = self.encoder(
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+            deterministic=deterministic or not self.train_encoder, rngs=enc_key,
+        ).last_hidden_state
+        if self.adapter is not None:
+            out = self.adapter(out, batch["attention_mask"])
+        return out
+
+    def __call__(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None):
+        hidden = self.hidden(batch, deterministic=deterministic, key=key)
+        head_key = None if key is None else jax.random.fold_in(key, 1)
+        return self.head(hidden, deterministic=deterministic, rngs=head_key)
+
+
+class AlignModel(nnx.Module):
+    """student -> AlAd, aligned to a frozen teacher's last hidden states."""
+
+    def __init__(self, student: nnx.Module, teacher: nnx.Module, adapter: AlignmentAdapter):
+        self.student = student
+        self.teacher = teacher
+        self.adapter = adapter
+
+    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(AlAd(student), teacher) hidden states, both [batch, seq, Dt]."""
+        args = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        student = jax.lax.stop_gradient(self.student(*args).last_hidden_state)
+        teacher = jax.lax.stop_gradient(self.teacher(*args).last_hidden_state)
+        return self.adapter(student, batch["attention_mask"]), teacher
+
+
+def tagging_loss(model: TaskModel, batch: dict, key: jax.Array):
+    """Token cross-entropy on labelled sub-words (first sub-word of each word), mean over them."""
+    logits = model(batch, deterministic=False, key=key)
+    labels = batch["labels"]
+    valid = labels != IGNORE_INDEX
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+    count = jnp.maximum(valid.sum(), 1)
+    return (ce * valid).sum() / count, {"labelled_tokens": valid.sum()}
+
+
+def qa_loss(model: TaskModel, batch: dict, key: jax.Array):
+    """Mean of start and end cross-entropies over real rows (padding rows carry feature_index -1)."""
+    start_logits, end_logits = model(batch, deterministic=False, key=key)
+    mask = batch["attention_mask"].astype(bool)
+    neg = jnp.finfo(jnp.float32).min
+    start_logits = jnp.where(mask, start_logits.astype(jnp.float32), neg)
+    end_logits = jnp.where(mask, end_logits.astype(jnp.float32), neg)
+    real = (batch["feature_index"] >= 0).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    per_row = 0.5 * (ce(start_logits, batch["start_positions"]) + ce(end_logits, batch["end_positions"]))
+    return (per_row * real).sum() / jnp.maximum(real.sum(), 1.0), {}
+
+
+def align_loss(model: AlignModel, batch: dict, key: jax.Array):
+    """Alignment MSE (reference scale: per-token squared distance) from raw tokens."""
+    del key
+    pred, target = model(batch)
+    total, count = token_cosine_sum(pred, target, batch["attention_mask"])
+    return align_mse(pred, target, batch["attention_mask"]), {"cosine": total / jnp.maximum(count, 1)}
+
+
+def cached_align_loss(adapter: AlignmentAdapter, batch: dict, key: jax.Array):
+    """Alignment MSE from cached student/teacher hidden states (bf16 on disk, f32 here)."""
+    del key
+    mask = batch["attention_mask"]
+    pred = adapter(batch["student_hidden"].astype(jnp.float32), mask)
+    target = batch["teacher_hidden"].astype(jnp.float32)
+    total, count = token_cosine_sum(pred, target, mask)
+    return align_mse(pred, target, mask), {"cosine": total / jnp.maximum(count, 1)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def predict_tags(graphdef, state, batch):
+    """Arg-max label ids [batch, seq]."""
+    return jnp.argmax(nnx.merge(graphdef, state)(batch), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def predict_spans(graphdef, state, batch):
+    """QA (start_logits, end_logits), each [batch, seq], float32."""
+    start, end = nnx.merge(graphdef, state)(batch)
+    return start.astype(jnp.float32), end.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(graphdef, state, batch):
+    """The model's inference output (what serving runs), for latency measurements."""
+    return nnx.merge(graphdef, state)(batch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def hidden_states(graphdef, state, batch):
+    """Representations a TaskModel feeds its head, [batch, seq, D]."""
+    return nnx.merge(graphdef, state).hidden(batch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def align_eval(graphdef, state, batch):
+    """Masked squared-error sum, cosine sum and token count for one alignment batch."""
+    model = nnx.merge(graphdef, state)
+    mask = batch["attention_mask"]
+    if isinstance(model, AlignModel):
+        pred, target = model(batch)
+    else:
+        pred = model(batch["student_hidden"].astype(jnp.float32), mask)
+        target = batch["teacher_hidden"].astype(jnp.float32)
+    sq = (((pred - target) ** 2).sum(-1) * mask).sum()
+    cos, count = token_cosine_sum(pred, target, mask)
+    return sq, cos, count

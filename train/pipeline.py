@@ -1,0 +1,381 @@
+"""``alad run``: every stage, baseline and ablation into one work directory.
+
+Order: data -> stage 0 (teacher) -> student baselines -> per window K:
+stage 1 (task-independent alignment), stage 2 (continual alignment), stage 3
+(head / frozen / joint) and the no-alignment ablation -> results.
+
+Each finished stage is recorded in ``progress.json`` with what it produced
+(rows, histories) and its models on disk (``models/``, ``adapters/``), so a
+re-run skips it; a stage cut short resumes from its orbax checkpoint under
+``checkpoints/``. Same config + seed -> same numbers, interrupted or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from alad_jax import sharding
+from alad_jax.adapter import AlignmentAdapter, adapter_param_report, export_reference, import_reference
+from alad_jax.adapter import token_cosine_sum
+from alad_jax.cache import HiddenCache
+from alad_jax.config import Config, dump_toml
+from alad_jax.data import splits, tagging
+from alad_jax.errors import AladError
+from alad_jax.models import compress, hub
+from train import models, report, tasks
+from train.loop import Objective, fit
+from train.models import TRAINABLE, TaskModel
+
+# Which StageConfig (config.stages.*) optimises each case.
+STAGE_OF_CASE = {"teacher": "teacher", "teacher_head": "teacher", "probe": "probe", "student_ft": "student_ft",
+                 "head": "head", "frozen": "frozen", "joint": "joint", "noalign_frozen": "frozen"}
+
+
+def _seed(cfg: Config, name: str) -> int:
+    return (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def _count(module: nnx.Module | None, *filters) -> int:
+    if module is None:
+        return 0
+    state = nnx.state(module, *(filters or (nnx.Param,)))
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state)))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: Path, cfg: Config) -> Path:
+    """Create ``workdir`` and pin its config; a different config in an existing run is refused."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise AladError(f"--workdir {workdir} is a file; give a directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.toml"
+    text = dump_toml(cfg)
+    if config_path.is_file():
+        if config_path.read_text(encoding="utf-8") != text:
+            raise AladError(
+                f"{config_path} holds a different config; re-run with the same config and overrides to resume, "
+                f"or pick a new --workdir"
+            )
+    elif sharding.is_primary():
+        _atomic_write(config_path, text)
+    return workdir
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, workdir: Path):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.progress_path = workdir / "progress.json"
+        self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.is_file() else {}
+        self.mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp))
+        self.logger = report.ScalarLogger(workdir / "tensorboard", enabled=sharding.is_primary())
+        for sub in ("models", "adapters", "checkpoints", "cache"):
+            (workdir / sub).mkdir(exist_ok=True)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def stage(self, name: str, run: Callable[[], dict]) -> dict:
+        """Run ``run`` once per work directory; its JSON result is remembered in progress.json."""
+        if name in self.progress:
+            return self.progress[name]
+        result = run()
+        self.progress[name] = result
+        if sharding.is_primary():
+            _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
+        print(report.format_summary(name, result), flush=True)
+        return result
+
+    def _fit(self, name: str, objective: Objective, stage, batches_for_epoch, evaluate, higher_is_better,
+             prepare=None):
+        return fit(
+            objective, name=name, stage=stage, optim=self.cfg.optim, batches_for_epoch=batches_for_epoch,
+            evaluate=evaluate, higher_is_better=higher_is_better, checkpoint_dir=self.workdir / "checkpoints" / name,
+            seed=_seed(self.cfg, name), mesh=self.mesh, checkpoint_every=self.cfg.checkpoint_every,
+            prepare=prepare, log_scalars=self.logger.log,
+        )
+
+    # -- models ----------------------------------------------------------------------------------
+    def load_teacher(self) -> tuple[nnx.Module, nnx.Module]:
+        encoder, _ = hub.load_encoder(str(self.workdir / "models" / "teacher"))
+        head = self.task.make_head(encoder.config.hidden_size, 0)
+        _load_into(self.workdir / "models" / "teacher_head.safetensors", head)
+        return encoder, head
+
+    def load_student(self) -> nnx.Module:
+        return hub.load_encoder(self.student_dir, cache_dir=self.cfg.cache_dir or None)[0]
+
+    def adapter_path(self, window: int, stage: str) -> Path:
+        return self.workdir / "adapters" / f"w{window}_{stage}.safetensors"
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        started = time.perf_counter()
+        cfg = self.cfg
+        cache_dir = cfg.cache_dir or None
+        tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)
+        self.student_dir = self._make_student()
+        student_tok = hub.load_tokenizer(self.student_dir, cache_dir=cache_dir)
+        if student_tok.get_vocab() != tokenizer.get_vocab():
+            raise AladError(
+                f"student {cfg.student} and teacher {cfg.teacher} tokenize differently; AlAd aligns token by token, "
+                f"so pick a student that shares the teacher's vocabulary"
+            )
+        self.task = (tasks.QATask if cfg.task == "qa" else tasks.TaggingTask).load(cfg, tokenizer)
+        rows = {"teacher": self.stage("teacher", self._teacher)}
+        rows["student_probe"] = self.stage("student_probe", lambda: self._task_case("student_probe", "probe"))
+        rows["student_ft"] = self.stage("student_ft", lambda: self._task_case("student_ft", "student_ft"))
+        alignment = {}
+        for k in cfg.windows:
+            s1 = self.stage(f"align_w{k}", lambda k=k: self._align(k, "align"))
+            s2 = self.stage(f"continual_w{k}", lambda k=k: self._align(k, "continual"))
+            alignment[f"w{k}"] = {"stage1": _without_history(s1), "stage2": _without_history(s2)}
+            for case in ("head", "frozen", "joint", "noalign_frozen"):
+                name = f"alad_w{k}_{case}"
+                rows[name] = self.stage(name, lambda k=k, case=case, name=name: self._task_case(name, case, k))
+        results = self._results(rows, alignment, time.perf_counter() - started)
+        if sharding.is_primary():
+            report.write_results(self.workdir, results)
+            histories = {name: out["history"] for name, out in self.progress.items() if "history" in out}
+            report.plot_curves(self.workdir, histories)
+            report.plot_results(self.workdir, results)
+        self.logger.close()
+        return results
+
+    def _make_student(self) -> str:
+        cfg = self.cfg
+        if cfg.student_layers <= 0:
+            return cfg.student
+        out = self.workdir / "models" / "student"
+        if not (out / "config.json").is_file():
+            compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
+        return str(out)
+
+    def _teacher(self) -> dict:
+        cfg = self.cfg
+        encoder, _ = hub.load_encoder(cfg.teacher, cache_dir=cfg.cache_dir or None)
+        head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, "teacher_head"))
+        model = TaskModel(encoder, head, train_encoder=not cfg.teacher_finetuned)
+        which = "teacher_head" if cfg.teacher_finetuned else "teacher"
+        row, best = self._train_and_score("teacher", model, which)
+        if sharding.is_primary():
+            hub.save_encoder(best.encoder, self.workdir / "models" / "teacher")
+            save_file(_flat_state(best.head), str(self.workdir / "models" / "teacher_head.safetensors"))
+        return row
+
+    def _task_case(self, name: str, case: str, window: int | None = None) -> dict:
+        cfg = self.cfg
+        student = self.load_student()
+        adapter = None
+        if window is not None:
+            if case == "noalign_frozen":
+                adapter = AlignmentAdapter(student.config.hidden_size, self.teacher_width, window, cfg.adapter_hidden,
+                                           impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
+            else:
+                adapter = import_reference(self.adapter_path(window, "continual"), impl=cfg.adapter_impl)
+        width = adapter.teacher_dim if adapter is not None else student.config.hidden_size
+        head = self.task.make_head(width, _seed(cfg, name + "_head"))
+        model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"),
+                          train_adapter=case in ("frozen", "joint", "noalign_frozen"))
+        row, best = self._train_and_score(name, model, case)
+        if adapter is not None and sharding.is_primary():
+            export_reference(best.adapter, self.adapter_path(window, case))
+        return row
+
+    @property
+    def teacher_width(self) -> int:
+        config = json.loads((self.workdir / "models" / "teacher" / "config.json").read_text())
+        return int(config.get("hidden_size", config.get("dim", 0)))
+
+    def _train_and_score(self, name: str, model: TaskModel, case: str) -> tuple[dict, TaskModel]:
+        """Train ``case``'s parameters of ``model``; its row (dev/test, params, latency, cosine) and best model."""
+        stage_cfg = getattr(self.cfg.stages, STAGE_OF_CASE[case])
+        task = self.task
+        result = self._fit(
+            name, Objective(model, TRAINABLE[case], task.loss_fn), stage_cfg,
+            lambda epoch: task.train_batches(stage_cfg, epoch), lambda m: task.evaluate(m, "dev"),
+            higher_is_better=True,
+        )
+        best = result.model
+        dev_score, dev_metrics = task.evaluate(best, "dev")
+        test_score, test_metrics = task.evaluate(best, "test")
+        row = {
+            "name": name, "dev": dev_score, "test": test_score,
+            "params": {"total": _count(best), "trainable": result.trainable_params, "adapter": _count(best.adapter)},
+            "latency_ms": self._latency(best),
+            "cosine": self._cosine(best) if best.adapter is not None else None,
+            "dev_metrics": dev_metrics, "test_metrics": test_metrics,
+            "train_seconds": round(result.seconds, 2), "steps": result.steps,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "history": result.history,
+        }
+        return _jsonable(row), best
+
+    # -- alignment stages 1 and 2 ----------------------------------------------------------------
+    def _alignment_rows(self, stage: str):
+        cfg = self.cfg
+        if stage == "continual":
+            return self.task.text_rows("train"), self.task.text_rows("dev")
+        corpus = tasks.read_corpus(cfg)
+        corpus = splits.subsample(corpus, cfg.corpus.max_sentences + cfg.corpus.val_sentences, seed=cfg.seed)
+        val, train = corpus[:cfg.corpus.val_sentences], corpus[cfg.corpus.val_sentences:]
+        encode = lambda s: tagging.encode_tagging(s, self.task.tokenizer, None, max_length=cfg.max_length,
+                                                  stride=cfg.stride)
+        return encode(train), encode(val)
+
+    def _align(self, window: int, stage: str) -> dict:
+        cfg = self.cfg
+        name = f"{stage}_w{window}"
+        teacher, _ = self.load_teacher()
+        student = self.load_student()
+        if stage == "align":
+            adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, window,
+                                       cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
+        else:
+            adapter = import_reference(self.adapter_path(window, "align"), impl=cfg.adapter_impl)
+        train_rows, val_rows = self._alignment_rows(stage)
+        stage_cfg = getattr(cfg.stages, stage)
+        val_batches = tasks.alignment_eval_batches(val_rows, cfg)
+        if cfg.cache_features:
+            cache_dir = self.workdir / "cache"
+            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher)
+            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher)
+            objective = Objective(adapter, nnx.Param, models.cached_align_loss)
+            prepare, val_prepare = train_cache.gather, val_cache.gather
+        else:
+            objective = Objective(models.AlignModel(student, teacher, adapter), TRAINABLE["frozen"],
+                                  models.align_loss)
+            prepare = val_prepare = None
+
+        def evaluate(model):
+            graphdef, state = nnx.split(model)
+            sq = cos = count = 0.0
+            for batch in val_batches:
+                b = val_prepare(batch) if val_prepare else batch
+                s, c, n = (float(x) for x in models.align_eval(graphdef, state, b))
+                sq, cos, count = sq + s, cos + c, count + n
+            return sq / max(count, 1), {"mse": sq / max(count, 1), "cosine": cos / max(count, 1)}
+
+        result = self._fit(name, objective, stage_cfg,
+                           lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch),
+                           evaluate, higher_is_better=False, prepare=prepare)
+        best = result.model if cfg.cache_features else result.model.adapter
+        if sharding.is_primary():
+            export_reference(best, self.adapter_path(window, stage))
+        _, metrics = evaluate(result.model)
+        return _jsonable({
+            "name": name, "mse": metrics["mse"], "cosine": metrics["cosine"],
+            "train_seconds": round(result.seconds, 2), "steps": result.steps,
+            "tokens_per_s": round(result.tokens_per_s, 1), "cached": cfg.cache_features,
+            "train_rows": len(train_rows.input_ids), "val_rows": len(val_rows.input_ids),
+            "history": result.history,
+        })
+
+    # -- measurements ----------------------------------------------------------------------------
+    def _latency(self, model: TaskModel) -> float:
+        """Median ms of one jitted forward on 32 test rows padded to max_length."""
+        rows = self.task.text_rows("test").input_ids[:32]
+        ids = np.zeros((32, self.cfg.max_length), np.int32)
+        mask = np.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = row
+            mask[r, :len(row)] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        graphdef, state = nnx.split(model)
+        jax.block_until_ready(models.forward(graphdef, state, batch))
+        times = []
+        for _ in range(self.cfg.latency_batches):
+            t = time.perf_counter()
+            jax.block_until_ready(models.forward(graphdef, state, batch))
+            times.append((time.perf_counter() - t) * 1000)
+        return round(float(np.median(times)), 3)
+
+    def _cosine(self, model: TaskModel) -> float:
+        """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test."""
+        feats = self.task.text_rows("test")
+        teacher, _ = self.load_teacher()
+        cache = HiddenCache.build(self.workdir / "cache", tasks.rows_of(feats), self.load_student(), teacher)
+        graphdef, state = nnx.split(model)
+        total = count = 0.0
+        for batch in tasks.alignment_eval_batches(feats, self.cfg):
+            pred = models.hidden_states(graphdef, state, batch)
+            target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
+            s, n = token_cosine_sum(pred, target, batch["attention_mask"])
+            total, count = total + float(s), count + float(n)
+        return round(total / max(count, 1), 4)
+
+    def _results(self, rows: dict, alignment: dict, seconds: float) -> dict:
+        cfg = self.cfg
+        teacher_total = rows["teacher"]["params"]["total"]
+        student = f"{cfg.student} (first {cfg.student_layers} layers)" if cfg.student_layers else cfg.student
+        out_rows = []
+        for row in rows.values():
+            row = _without_history(row)
+            if row["params"]["adapter"]:
+                pct = round(100 * row["params"]["adapter"] / teacher_total, 3)
+                row["params"] = {**row["params"], "adapter_pct_of_teacher": pct}
+            out_rows.append(row)
+        return {
+            "task": cfg.task, "metric": self.task.metric, "teacher": cfg.teacher, "student": student,
+            "notes": self.task.notes + [
+                "latency_ms: median of jitted forwards on one batch of 32 test rows padded to max_length",
+                f"alignment features cached: {cfg.cache_features}",
+            ],
+            "alignment": alignment,
+            "rows": out_rows,
+            "metric_scale": 100 if cfg.task == "qa" else 1,
+            "seconds": round(seconds, 1),
+            "devices": [str(d) for d in jax.devices()],
+        }
+
+
+def _without_history(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "history"}
+
+
+def _jsonable(value):
+    """Plain JSON types (metrics may come back as numpy scalars)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _flat_state(module: nnx.Module) -> dict[str, np.ndarray]:
+    flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    return {"/".join(map(str, path)): np.asarray(var.get_value()) for path, var in flat}
+
+
+def _load_into(path: Path, module: nnx.Module) -> None:
+    """Set ``module``'s parameters from a file written by :func:`_flat_state`."""
+    tensors = load_file(str(path))
+    state = nnx.state(module, nnx.Param)
+    try:
+        for p, var in nnx.to_flat_state(state):
+            var.set_value(jax.numpy.asarray(tensors["/".join(map(str, p))]))
+    except KeyError as e:
+        raise AladError(f"{path} lacks tensor {e.args[0]}; the work directory is damaged, delete it to start over")
+    nnx.update(module, state)
+
+
+def run(cfg: Config, workdir: str | Path) -> dict:
+    """The whole pipeline for ``cfg`` in ``workdir`` (resumes what is already there)."""
+    workdir = prepare_workdir(Path(workdir), cfg)
+    return Pipeline(cfg, workdir).run()

@@ -1,0 +1,265 @@
+"""Tasks: where a stage's data, head, loss and evaluation come from.
+
+A task turns the config's data section into token rows, batches and metrics.
+The pipeline only talks to this interface, so POS, NER and QA share every
+stage and case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from alad_jax.config import Config, StageConfig
+from alad_jax.data import batching, hub_datasets, packaged, qa, readers, splits, tagging
+from alad_jax.errors import AladError
+from alad_jax.metrics import squad_v2_scores, tagging_scores
+from alad_jax.models.heads import QAHead, TaggingHead
+from train import models
+
+Batch = dict[str, np.ndarray]
+
+
+def resolve_source(path: str) -> str:
+    """``packaged:NAME`` -> the installed file; anything else unchanged (a path or a split name)."""
+    if path.startswith("packaged:"):
+        return str(packaged.packaged_path(path.split(":", 1)[1]))
+    return path
+
+
+def buckets_for(max_length: int) -> tuple[int, ...]:
+    """Few bucket lengths: each one is a jit compilation per step function."""
+    return tuple(b for b in (32, 64, 128, 256, 512) if b < max_length) + (max_length,)
+
+
+def read_tagged(cfg: Config, source: str, *, labelled: bool = True) -> list[readers.TaggedSentence]:
+    """Read one tagging split as the data section describes it."""
+    data = cfg.data
+    if data.format == "hf":
+        return hub_datasets.load_hf_tagging(
+            data.hf_name, source, config=data.hf_config or None,
+            tokens_column=data.tokens_column, tags_column=data.tags_column,
+        )
+    path = resolve_source(source)
+    if not Path(path).is_file():
+        raise AladError(f"data file {path} does not exist; set data.train/data.dev/data.test to existing files")
+    if data.format == "conllu":
+        return readers.read_conllu(path, tag=data.tag)
+    if data.format == "conll":
+        return readers.read_conll(path, token_col=data.token_col, tag_col=data.tag_col, scheme=data.scheme)
+    if data.format == "text" and not labelled:
+        return readers.read_text(path)
+    raise AladError(
+        f"config key 'data.format' is {data.format!r}; for task {cfg.task} use conllu, conll or hf"
+    )
+
+
+def read_corpus(cfg: Config) -> list[readers.TaggedSentence]:
+    """The stage-1 general corpus: sentences of every configured file, labels dropped."""
+    sentences = []
+    for source in cfg.corpus.paths:
+        path = resolve_source(source)
+        if not Path(path).is_file():
+            raise AladError(f"corpus file {path} does not exist; fix config key 'corpus.paths'")
+        if cfg.corpus.format == "conllu":
+            sentences += readers.read_conllu(path)
+        elif cfg.corpus.format == "text":
+            sentences += readers.read_text(path)
+        else:
+            raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use conllu or text")
+    return [readers.TaggedSentence(s.words, None, s.source) for s in sentences]
+
+
+@dataclasses.dataclass
+class TaggingTask:
+    """Token tagging (POS accuracy or NER entity F1) on word-level labels."""
+
+    cfg: Config
+    tokenizer: object
+    sentences: dict[str, list]
+    features: dict[str, tagging.TaggingFeatures]
+    vocab: tagging.LabelVocab
+    notes: list[str]
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.cfg.task == "pos" else "f1"
+
+    @classmethod
+    def load(cls, cfg: Config, tokenizer) -> "TaggingTask":
+        data = cfg.data
+        notes = []
+        train = read_tagged(cfg, data.train)
+        if (data.dev == "hash") != (data.test == "hash"):
+            raise AladError("config keys 'data.dev' and 'data.test': use 'hash' for both or give both files")
+        if data.dev == "hash":
+            train, dev, test = splits.split_by_hash(train, dev_every=data.hash_every, test_every=data.hash_every)
+            notes.append(f"dev/test: md5-of-words split of {data.train}, 1 in {data.hash_every} each")
+        else:
+            dev, test = read_tagged(cfg, data.dev), read_tagged(cfg, data.test)
+        sentences = {}
+        for split, items, limit in (("train", train, data.max_train), ("dev", dev, data.max_dev),
+                                    ("test", test, data.max_test)):
+            chosen = splits.subsample(items, limit or None, seed=cfg.seed)
+            if len(chosen) < len(items):
+                notes.append(f"{split}: subsampled to {len(chosen)} of {len(items)} sentences (seed {cfg.seed})")
+            if not chosen:
+                raise AladError(f"the {split} split is empty; check data.{split} and data.max_{split}")
+            sentences[split] = chosen
+        if cfg.task == "pos" and data.format == "conllu" and data.tag == "upos":
+            vocab = tagging.LabelVocab(tagging.UPOS_LABELS)  # every UD corpus shares these 17 ids
+        else:
+            vocab = tagging.LabelVocab.from_sentences(sentences["train"])
+        features = {}
+        for split, items in sentences.items():
+            features[split] = tagging.encode_tagging(items, tokenizer, vocab, max_length=cfg.max_length,
+                                                     stride=cfg.stride)
+            if features[split].num_truncated_words:
+                notes.append(f"{split}: {features[split].num_truncated_words} words got no sub-word and no prediction")
+        return cls(cfg, tokenizer, sentences, features, vocab, notes)
+
+    def make_head(self, in_features: int, seed: int) -> nnx.Module:
+        return TaggingHead(in_features, len(self.vocab.labels), self.cfg.head_dropout, rngs=nnx.Rngs(seed))
+
+    loss_fn = staticmethod(models.tagging_loss)
+
+    def train_batches(self, stage: StageConfig, epoch: int) -> list[Batch]:
+        return _batches(self.features["train"], self.cfg, stage, epoch=epoch, shuffle=True)
+
+    def eval_batches(self, split: str) -> list[Batch]:
+        return batching.make_batches(self.features[split], batch_size=self.cfg.eval_batch_size,
+                                     buckets=buckets_for(self.cfg.max_length))
+
+    def text_rows(self, split: str) -> tagging.TaggingFeatures:
+        """The split's token rows, labels dropped (what continual alignment reads)."""
+        return self.features[split]
+
+    def evaluate(self, model: nnx.Module, split: str) -> tuple[float, dict]:
+        """Word-level metric of ``model`` on a split: (headline score, all metrics)."""
+        graphdef, state = nnx.split(model)
+        feats = self.features[split]
+        predictions: list[np.ndarray | None] = [None] * len(feats.input_ids)
+        for batch in self.eval_batches(split):
+            ids = np.asarray(models.predict_tags(graphdef, state, batch))
+            for row, index in enumerate(batch["feature_index"]):
+                if index >= 0:
+                    predictions[index] = ids[row, :len(feats.input_ids[index])]
+        words = tagging.stitch_predictions(feats, predictions)
+        labels = self.vocab.labels
+        pred = [[labels[i] for i in sent] for sent in words]
+        gold = [list(s.tags) for s in self.sentences[split]]
+        metrics = tagging_scores(self.cfg.task, gold, pred)
+        return float(metrics[self.metric]), metrics
+
+
+def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: bool) -> list[Batch]:
+    size = {"batch_size": stage.batch_size} if stage.batch_size > 0 else {"token_budget": stage.token_budget}
+    return batching.make_batches(
+        features, **size, buckets=buckets_for(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+
+
+def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int) -> list[Batch]:
+    return _batches(features, cfg, stage, epoch=epoch, shuffle=True)
+
+
+def alignment_eval_batches(features, cfg: Config) -> list[Batch]:
+    return batching.make_batches(features, batch_size=cfg.eval_batch_size, buckets=buckets_for(cfg.max_length))
+
+
+def rows_of(features) -> Sequence[np.ndarray]:
+    return features.input_ids
+
+
+@dataclasses.dataclass
+class QATask:
+    """Extractive QA (SQuAD 2.0): exact match and F1 in percent, null threshold tuned on dev."""
+
+    cfg: Config
+    tokenizer: object
+    examples: dict[str, list[readers.QAExample]]
+    features: dict[str, qa.QAFeatures]
+    notes: list[str]
+    metric = "f1"
+
+    @classmethod
+    def load(cls, cfg: Config, tokenizer) -> "QATask":
+        data = cfg.data
+        notes = ["dev/test: exact and f1 in percent (official SQuAD 2.0 script semantics); "
+                 "the null-answer threshold is tuned on dev and applied to test"]
+        examples = {}
+        for split in ("train", "dev", "test"):
+            source = getattr(data, split)
+            if data.format == "hf":
+                items = hub_datasets.load_hf_squad(data.hf_name, source, config=data.hf_config or None)
+            elif data.format == "squad":
+                path = resolve_source(source)
+                if not Path(path).is_file():
+                    raise AladError(f"data file {path} does not exist; set data.{split} to a SQuAD v2 JSON file")
+                items = readers.read_squad(path)
+            else:
+                raise AladError(f"config key 'data.format' is {data.format!r}; for task qa use squad or hf")
+            limit = getattr(data, f"max_{split}")
+            chosen = splits.subsample(items, limit or None, seed=cfg.seed)
+            if len(chosen) < len(items):
+                notes.append(f"{split}: subsampled to {len(chosen)} of {len(items)} questions (seed {cfg.seed})")
+            examples[split] = chosen
+        if data.dev == data.test:
+            notes.append(f"dev and test are the same file ({data.dev}): test numbers are not held out")
+        features = {split: qa.encode_qa(items, tokenizer, max_length=cfg.max_length, doc_stride=cfg.stride,
+                                        max_query_length=cfg.max_query_length)
+                    for split, items in examples.items()}
+        return cls(cfg, tokenizer, examples, features, notes)
+
+    def make_head(self, in_features: int, seed: int) -> nnx.Module:
+        return QAHead(in_features, self.cfg.head_dropout, rngs=nnx.Rngs(seed))
+
+    loss_fn = staticmethod(models.qa_loss)
+
+    def train_batches(self, stage: StageConfig, epoch: int) -> list[Batch]:
+        if stage.batch_size <= 0:
+            raise AladError("task qa batches by questions: set stages.*.batch_size (token_budget is for alignment)")
+        return qa.make_qa_batches(self.features["train"], batch_size=stage.batch_size, shuffle=True,
+                                  seed=self.cfg.seed, epoch=epoch)
+
+    def text_rows(self, split: str) -> tagging.TaggingFeatures:
+        """Question + context rows without padding, for continual alignment and cosine."""
+        feats = self.features[split]
+        lengths = feats.attention_mask.sum(1)
+        ids = [feats.input_ids[i, :n] for i, n in enumerate(lengths)]
+        ignore = [np.full(len(r), tagging.IGNORE_INDEX, np.int32) for r in ids]
+        return tagging.TaggingFeatures(ids, ignore, [np.full(len(r), -1, np.int32) for r in ids],
+                                       feats.example_index.copy(), len(self.examples[split]), 0, 0)
+
+    def _logits(self, model: nnx.Module, split: str) -> tuple[np.ndarray, np.ndarray]:
+        graphdef, state = nnx.split(model)
+        feats = self.features[split]
+        start = np.zeros(feats.input_ids.shape, np.float32)
+        end = np.zeros_like(start)
+        for batch in qa.make_qa_batches(feats, batch_size=self.cfg.eval_batch_size):
+            s, e = (np.asarray(x) for x in models.predict_spans(graphdef, state, batch))
+            real = batch["feature_index"] >= 0
+            start[batch["feature_index"][real]] = s[real]
+            end[batch["feature_index"][real]] = e[real]
+        return start, end
+
+    def _answers(self, model: nnx.Module, split: str):
+        start, end = self._logits(model, split)
+        return qa.postprocess_qa(self.examples[split], self.features[split], start, end, null_threshold=math.inf)
+
+    def evaluate(self, model: nnx.Module, split: str) -> tuple[float, dict]:
+        """F1 (headline) and EM with the null threshold tuned on dev (on dev itself for dev)."""
+        dev_spans, dev_diffs = self._answers(model, "dev")
+        threshold = qa.best_null_threshold(self.examples["dev"], dev_diffs, dev_spans)
+        spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split)
+        predictions = qa.apply_null_threshold(spans, diffs, threshold)
+        scores = squad_v2_scores(self.examples[split], predictions)
+        scores["null_threshold"] = threshold if math.isfinite(threshold) else None
+        return float(scores["f1"]), scores
