@@ -124,8 +124,8 @@ class Config:
     adapter_hidden: int = 1280
     adapter_impl: str = "auto"
     cache_features: bool = True  # stages 1-2: compute frozen hidden states once
-    max_length: int = 128
-    stride: int = 32  # overlap of windows over long sentences (tagging) / doc stride (qa)
+    max_length: int = 64  # longer sentences become overlapping windows (tagging); qa: question + context
+    stride: int = 16  # overlap of those windows (tagging) / document stride (qa)
     max_query_length: int = 64
     head_dropout: float = 0.1
     seed: int = 0

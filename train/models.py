@@ -53,12 +53,19 @@ class TaskModel(nnx.Module):
         self.train_adapter = train_adapter
 
     def hidden(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None) -> jax.Array:
-        """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's."""
-        enc_key = None if key is None else jax.random.fold_in(key, 0)
-        out = self.encoder(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-            deterministic=deterministic or not self.train_encoder, rngs=enc_key,
-        ).last_hidden_state
+        """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's.
+
+        A frozen encoder's output may come precomputed in ``batch["encoder_hidden"]``
+        ([batch, seq, D], from the feature cache); it is then not run.
+        """
+        if "encoder_hidden" in batch and not self.train_encoder:
+            out = batch["encoder_hidden"].astype(jnp.float32)
+        else:
+            enc_key = None if key is None else jax.random.fold_in(key, 0)
+            out = self.encoder(
+                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                deterministic=deterministic or not self.train_encoder, rngs=enc_key,
+            ).last_hidden_state
         if self.adapter is not None:
             out = self.adapter(out, batch["attention_mask"])
         return out

@@ -34,8 +34,8 @@ def resolve_source(path: str) -> str:
 
 
 def buckets_for(max_length: int) -> tuple[int, ...]:
-    """Few bucket lengths: each one is a jit compilation per step function."""
-    return tuple(b for b in (32, 64, 128, 256, 512) if b < max_length) + (max_length,)
+    """Few bucket lengths (each is one jit compilation per step function), about 1.5x apart."""
+    return tuple(b for b in (32, 48, 64, 96, 128, 192, 256, 384, 512) if b < max_length) + (max_length,)
 
 
 def read_tagged(cfg: Config, source: str, *, labelled: bool = True) -> list[readers.TaggedSentence]:
@@ -140,13 +140,16 @@ class TaggingTask:
         """The split's token rows, labels dropped (what continual alignment reads)."""
         return self.features[split]
 
-    def evaluate(self, model: nnx.Module, split: str) -> tuple[float, dict]:
-        """Word-level metric of ``model`` on a split: (headline score, all metrics)."""
+    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+        """Word-level metric of ``model`` on a split: (headline score, all metrics).
+
+        ``prepare(batch)`` may add cached arrays (e.g. a frozen encoder's output) to each batch.
+        """
         graphdef, state = nnx.split(model)
         feats = self.features[split]
         predictions: list[np.ndarray | None] = [None] * len(feats.input_ids)
         for batch in self.eval_batches(split):
-            ids = np.asarray(models.predict_tags(graphdef, state, batch))
+            ids = np.asarray(models.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
             for row, index in enumerate(batch["feature_index"]):
                 if index >= 0:
                     predictions[index] = ids[row, :len(feats.input_ids[index])]
@@ -238,27 +241,30 @@ class QATask:
         return tagging.TaggingFeatures(ids, ignore, [np.full(len(r), -1, np.int32) for r in ids],
                                        feats.example_index.copy(), len(self.examples[split]), 0, 0)
 
-    def _logits(self, model: nnx.Module, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, model: nnx.Module, split: str, prepare=None) -> tuple[np.ndarray, np.ndarray]:
         graphdef, state = nnx.split(model)
         feats = self.features[split]
         start = np.zeros(feats.input_ids.shape, np.float32)
         end = np.zeros_like(start)
         for batch in qa.make_qa_batches(feats, batch_size=self.cfg.eval_batch_size):
-            s, e = (np.asarray(x) for x in models.predict_spans(graphdef, state, batch))
+            s, e = (np.asarray(x) for x in models.predict_spans(graphdef, state, prepare(batch) if prepare else batch))
             real = batch["feature_index"] >= 0
             start[batch["feature_index"][real]] = s[real]
             end[batch["feature_index"][real]] = e[real]
         return start, end
 
-    def _answers(self, model: nnx.Module, split: str):
-        start, end = self._logits(model, split)
+    def _answers(self, model: nnx.Module, split: str, prepare=None):
+        start, end = self._logits(model, split, prepare)
         return qa.postprocess_qa(self.examples[split], self.features[split], start, end, null_threshold=math.inf)
 
-    def evaluate(self, model: nnx.Module, split: str) -> tuple[float, dict]:
-        """F1 (headline) and EM with the null threshold tuned on dev (on dev itself for dev)."""
-        dev_spans, dev_diffs = self._answers(model, "dev")
+    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+        """F1 (headline) and EM with the null threshold tuned on dev (on dev itself for dev).
+
+        ``prepare`` applies to the evaluated split's batches only (a cache is per split).
+        """
+        dev_spans, dev_diffs = self._answers(model, "dev", prepare if split == "dev" else None)
         threshold = qa.best_null_threshold(self.examples["dev"], dev_diffs, dev_spans)
-        spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split)
+        spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split, prepare)
         predictions = qa.apply_null_threshold(spans, diffs, threshold)
         scores = squad_v2_scores(self.examples[split], predictions)
         scores["null_threshold"] = threshold if math.isfinite(threshold) else None
