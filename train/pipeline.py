@@ -31,6 +31,7 @@ from alad_jax.cache import HiddenCache
 from alad_jax.config import Config, dump_toml
 from alad_jax.data import splits, tagging
 from alad_jax.errors import AladError
+from alad_jax.inference.predictor import save_aligned_model
 from alad_jax.models import compress, hub
 from train import models, report, tasks
 from train.loop import Objective, fit
@@ -197,6 +198,13 @@ class Pipeline:
         row, best = self._train_and_score(name, model, case)
         if adapter is not None and sharding.is_primary():
             export_reference(best.adapter, self.adapter_path(window, case))
+            save_aligned_model(
+                self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
+                labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
+                max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
+                meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
+                      "case": case, "dev": row["dev"], "test": row["test"]},
+            )
         return row
 
     @property

@@ -1,0 +1,31 @@
+"""Inference: saved aligned models, the jitted word-level predictor, and the serving export.
+
+- :mod:`~alad_jax.inference.predictor`: ``save_aligned_model`` / ``load_aligned_model``
+  and :class:`Predictor` (words in, labels out, bucketed shapes);
+- :mod:`~alad_jax.inference.export`: ``export_predictor`` / ``load_exported``
+  (``jax.export`` StableHLO, reloadable with jax alone).
+
+Names resolve on first use, so ``import alad_jax.inference.export`` (a server
+that only runs the artifact) does not import flax or the model code.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "CompiledTagger": "predictor",
+    "LoadedModel": "predictor",
+    "Predictor": "predictor",
+    "load_aligned_model": "predictor",
+    "save_aligned_model": "predictor",
+    "ExportedTagger": "export",
+    "export_predictor": "export",
+    "load_exported": "export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
