@@ -68,10 +68,12 @@ class HiddenCache:
 
     @classmethod
     def build(cls, directory: Path, rows: Sequence[np.ndarray], student: nnx.Module, teacher: nnx.Module,
-              *, batch_size: int = 64) -> "HiddenCache":
+              *, batch_size: int = 64, buckets: Sequence[int] | None = None) -> "HiddenCache":
         """Load the cache for (student, teacher, rows) from ``directory``, computing it if absent.
 
         ``rows`` are token id arrays (special tokens included), one per sequence.
+        ``buckets`` are the padded lengths to compute at (the training buckets: no
+        new compilations); default powers of two.
         """
         key = hashlib.blake2b(
             "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]).encode(),
@@ -91,8 +93,10 @@ class HiddenCache:
             order = np.argsort(-lengths, kind="stable")
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                width_t = int(lengths[idx].max())
-                width_t = 1 << max(4, (width_t - 1).bit_length())  # power-of-two shapes bound recompiles
+                longest = int(lengths[idx].max())
+                fits = [b for b in buckets or () if b >= longest]
+                # A few fixed widths bound recompiles.
+                width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
                 ids = np.zeros((batch_size, width_t), np.int32)
                 mask = np.zeros((batch_size, width_t), np.int32)
                 for r, i in enumerate(idx):

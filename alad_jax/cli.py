@@ -104,6 +104,8 @@ def _bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # transformers advises installing torch on import; we only use its tokenizers and configs.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"run": _run, "compress": _compress, "predict": _predict, "bench": _bench}[args.command]
     try:
         return handler(args)

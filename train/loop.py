@@ -174,18 +174,28 @@ def fit(
     )
     best = jax.tree_util.tree_map(jnp.copy, trainable)
 
-    meta = {"step": 0, "best_score": None, "history": [], "seconds": 0.0, "tokens": 0, "done": False}
+    meta = {"step": 0, "best_score": None, "history": [], "seconds": 0.0, "tokens": 0, "done": False,
+            "loss_sum": 0.0, "loss_count": 0}
     checkpoints = _Checkpoints(checkpoint_dir)
     restored = checkpoints.restore((trainable, opt_state, best))
     if restored is not None:
         (trainable, opt_state, best), meta = restored
     base_key = jax.random.key(seed)
-    step = meta["step"]
+    step = last_saved = meta["step"]
     started = time.perf_counter() - meta["seconds"]
+    pending_losses: list[jax.Array] = []  # device scalars, fetched only when needed (no per-step sync)
+
+    def flush_losses() -> None:
+        meta["loss_sum"] += float(sum(float(x) for x in pending_losses))
+        meta["loss_count"] += len(pending_losses)
+        pending_losses.clear()
 
     def save() -> None:
+        nonlocal last_saved
+        flush_losses()
         meta.update(step=step, seconds=time.perf_counter() - started)
         checkpoints.save(step, (trainable, opt_state, best), meta)
+        last_saved = step
 
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", mininterval=2.0, dynamic_ncols=True,
                disable=not sharding.is_primary())
@@ -193,14 +203,13 @@ def fit(
     window_start, window_tokens = time.perf_counter(), meta["tokens"]
     while not meta["done"] and not out_of_time and step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        losses = []
         for batch in batches_for_epoch(epoch)[offset:]:
             key = jax.random.fold_in(base_key, step)
             device_batch = sharding.shard_batch(prepare(batch) if prepare else batch, mesh)
             trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
             step += 1
-            losses.append(metrics["loss"])
+            pending_losses.append(metrics["loss"])
             bar.update(1)
             if log_scalars and step % LOG_EVERY == 0:
                 now = time.perf_counter()
@@ -209,28 +218,29 @@ def fit(
                 scalars.update(sharding.device_memory_stats() or {})
                 log_scalars(name, step, scalars)
                 window_start, window_tokens = now, meta["tokens"]
-            if stage.max_seconds and time.perf_counter() - started >= stage.max_seconds:
-                out_of_time = True
+            out_of_time = bool(stage.max_seconds) and time.perf_counter() - started >= stage.max_seconds
+            if out_of_time or step >= total_steps or step % steps_per_epoch == 0:
                 break
-            if step >= total_steps:
-                break
-            if step % checkpoint_every == 0 and step % steps_per_epoch:
+            if step - last_saved >= checkpoint_every:
                 save()
         # End of an epoch (or of the budget): validate, keep the best.
+        flush_losses()
         score, eval_metrics = evaluate(nnx.merge(graphdef, trainable, frozen))
         prev = meta["best_score"]
-        improved = prev is None or (score > prev if higher_is_better else score < prev)
-        if improved:
+        if prev is None or (score > prev if higher_is_better else score < prev):
             meta["best_score"] = float(score)
             best = jax.tree_util.tree_map(jnp.copy, trainable)
-        train_loss = float(np.mean([float(x) for x in losses])) if losses else float("nan")
+        train_loss = meta["loss_sum"] / meta["loss_count"] if meta["loss_count"] else float("nan")
+        meta["loss_sum"], meta["loss_count"] = 0.0, 0
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "score": float(score), **eval_metrics}
         meta["history"].append(record)
         if log_scalars:
             log_scalars(name, step, {f"eval/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
         bar.set_postfix(loss=f"{train_loss:.4f}", score=f"{score:.4f}")
         meta["done"] = out_of_time or step >= total_steps
-        save()
+        # Checkpoints cost seconds each: write one per `checkpoint_every` steps and at the end.
+        if meta["done"] or step - last_saved >= checkpoint_every:
+            save()
     bar.close()
     checkpoints.close()
     seconds = meta["seconds"] if meta["done"] else time.perf_counter() - started

@@ -45,12 +45,11 @@ class TaskModel(nnx.Module):
     """encoder -> optional AlAd -> task head (tagging logits or QA start/end logits)."""
 
     def __init__(self, encoder: nnx.Module, head: nnx.Module, adapter: AlignmentAdapter | None = None, *,
-                 train_encoder: bool = True, train_adapter: bool = True):
+                 train_encoder: bool = True):
         self.encoder = encoder
         self.adapter = adapter
         self.head = head
         self.train_encoder = train_encoder
-        self.train_adapter = train_adapter
 
     def hidden(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None) -> jax.Array:
         """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's.
@@ -144,12 +143,6 @@ def predict_spans(graphdef, state, batch):
     """QA (start_logits, end_logits), each [batch, seq], float32."""
     start, end = nnx.merge(graphdef, state)(batch)
     return start.astype(jnp.float32), end.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def forward(graphdef, state, batch):
-    """The model's inference output (what serving runs), for latency measurements."""
-    return nnx.merge(graphdef, state)(batch)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -97,7 +97,9 @@ class Pipeline:
         """Run ``run`` once per work directory; its JSON result is remembered in progress.json."""
         if name in self.progress:
             return self.progress[name]
+        started = time.perf_counter()
         result = run()
+        result["wall_seconds"] = round(time.perf_counter() - started, 2)  # training + evaluation + saving
         self.progress[name] = result
         if sharding.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
@@ -193,8 +195,7 @@ class Pipeline:
                 adapter = import_reference(self.adapter_path(window, "continual"), impl=cfg.adapter_impl)
         width = adapter.teacher_dim if adapter is not None else student.config.hidden_size
         head = self.task.make_head(width, _seed(cfg, name + "_head"))
-        model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"),
-                          train_adapter=case in ("frozen", "joint", "noalign_frozen"))
+        model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"))
         row, best = self._train_and_score(name, model, case)
         if adapter is not None and sharding.is_primary():
             export_reference(best.adapter, self.adapter_path(window, case))
@@ -217,7 +218,8 @@ class Pipeline:
         if split not in self._task_caches:
             teacher, _ = self.load_teacher()
             rows = tasks.rows_of(self.task.text_rows(split))
-            self._task_caches[split] = HiddenCache.build(self.workdir / "cache", rows, self.load_student(), teacher)
+            self._task_caches[split] = HiddenCache.build(self.workdir / "cache", rows, self.load_student(), teacher,
+                                                         buckets=tasks.buckets_for(self.cfg.max_length))
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -252,7 +254,8 @@ class Pipeline:
             "name": name, "dev": dev_score, "test": test_score,
             "params": {"total": _count(best), "trainable": result.trainable_params, "adapter": _count(best.adapter)},
             "latency_ms": self._latency(best),
-            "cosine": self._cosine(best) if best.adapter is not None else None,
+            "cosine": self._cosine(best, self._encoder_hidden("test") if cached else None)
+            if best.adapter is not None else None,
             "dev_metrics": dev_metrics, "test_metrics": test_metrics,
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1),
@@ -288,9 +291,9 @@ class Pipeline:
         if cfg.cache_features and stage == "continual":
             train_cache, val_cache = self.task_cache("train"), self.task_cache("dev")
         elif cfg.cache_features:
-            cache_dir = self.workdir / "cache"
-            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher)
-            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher)
+            cache_dir, buckets = self.workdir / "cache", tasks.buckets_for(cfg.max_length)
+            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets)
+            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets)
         if cfg.cache_features:
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
             prepare, val_prepare = train_cache.gather, val_cache.gather
@@ -325,30 +328,40 @@ class Pipeline:
 
     # -- measurements ----------------------------------------------------------------------------
     def _latency(self, model: TaskModel) -> float:
-        """Median ms of one jitted forward on 32 test rows padded to max_length."""
-        rows = self.task.text_rows("test").input_ids[:32]
-        ids = np.zeros((32, self.cfg.max_length), np.int32)
+        """Median ms of one jitted forward on ``eval_batch_size`` test rows padded to max_length.
+
+        The batch has the shape of an evaluation batch of the longest bucket, so the
+        program is usually compiled already and only the forward is timed.
+        """
+        rows = self.task.text_rows("test").input_ids[:self.cfg.eval_batch_size]
+        ids = np.zeros((self.cfg.eval_batch_size, self.cfg.max_length), np.int32)
         mask = np.zeros_like(ids)
         for r, row in enumerate(rows):
             ids[r, :len(row)] = row
             mask[r, :len(row)] = 1
         batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        if self.cfg.task == "qa":
+            batch["feature_index"] = np.arange(len(ids), dtype=np.int32)
+        predict = models.predict_spans if self.cfg.task == "qa" else models.predict_tags
         graphdef, state = nnx.split(model)
-        jax.block_until_ready(models.forward(graphdef, state, batch))
+        jax.block_until_ready(predict(graphdef, state, batch))
         times = []
         for _ in range(self.cfg.latency_batches):
             t = time.perf_counter()
-            jax.block_until_ready(models.forward(graphdef, state, batch))
+            jax.block_until_ready(predict(graphdef, state, batch))
             times.append((time.perf_counter() - t) * 1000)
         return round(float(np.median(times)), 3)
 
-    def _cosine(self, model: TaskModel) -> float:
-        """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test."""
+    def _cosine(self, model: TaskModel, prepare=None) -> float:
+        """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test.
+
+        ``prepare`` may supply a frozen student's cached output (then only AlAd runs).
+        """
         cache = self.task_cache("test")
         graphdef, state = nnx.split(model)
         total = count = 0.0
         for batch in tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg):
-            pred = models.hidden_states(graphdef, state, batch)
+            pred = models.hidden_states(graphdef, state, prepare(batch) if prepare else batch)
             target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
             s, n = token_cosine_sum(pred, target, batch["attention_mask"])
             total, count = total + float(s), count + float(n)
@@ -368,7 +381,8 @@ class Pipeline:
         return {
             "task": cfg.task, "metric": self.task.metric, "teacher": cfg.teacher, "student": student,
             "notes": self.task.notes + [
-                "latency_ms: median of jitted forwards on one batch of 32 test rows padded to max_length",
+                f"latency_ms: median of jitted forwards on one batch of {cfg.eval_batch_size} test rows padded to "
+                f"max_length {cfg.max_length}",
                 f"alignment features cached: {cfg.cache_features}",
             ],
             "alignment": alignment,
