@@ -14,6 +14,7 @@ from alad_jax.data import tagging
 from alad_jax.data.readers import TaggedSentence
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, load_aligned_model, save_aligned_model
+from alad_jax.inference.predictor import model_dir_of_workdir
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
 from train.models import TaskModel
 
@@ -178,6 +179,14 @@ def test_from_workdir_finds_the_case_and_window(tmp_path, tokenizer, saved):
         Predictor.from_workdir(tmp_path / "work", "frozen")
     with pytest.raises(AladError, match="no saved model for case 'joint'"):
         Predictor.from_workdir(tmp_path / "work", "joint")
+
+
+def test_frozen_case_is_not_confused_with_noalign_frozen(tmp_path, tokenizer, saved):
+    models = tmp_path / "work" / "models"
+    _save(saved[1], models / "alad_w3_frozen", tokenizer)
+    _save(_tiny_model(8, window=3), models / "alad_w3_noalign_frozen", tokenizer)
+    assert model_dir_of_workdir(tmp_path / "work", "frozen") == models / "alad_w3_frozen"
+    assert model_dir_of_workdir(tmp_path / "work", "noalign_frozen") == models / "alad_w3_noalign_frozen"
 
 
 def test_cli_predict_prints_word_tab_label_lines(saved, predictor, tmp_path, capsys):

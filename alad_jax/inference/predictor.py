@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -404,7 +405,8 @@ def model_dir_of_workdir(workdir: str | os.PathLike, case: str = "frozen", windo
     models = Path(workdir) / "models"
     if not models.is_dir():
         raise AladError(f"{workdir} has no models/ directory; pass the --workdir of a finished alad run")
-    found = sorted(p.name for p in models.glob(f"alad_w*_{case}") if (p / MODEL_JSON).is_file())
+    pattern = re.compile(rf"alad_w\d+_{re.escape(case)}")  # not alad_w3_noalign_frozen for case "frozen"
+    found = sorted(p.name for p in models.iterdir() if pattern.fullmatch(p.name) and (p / MODEL_JSON).is_file())
     if window is not None:
         name = f"alad_w{window}_{case}"
         if name not in found:
