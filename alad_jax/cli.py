@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--file", help="a file of sentences: CoNLL, CoNLL-U or plain text (one per line)")
     predict.add_argument("--format", choices=["text", "conll", "conllu"],
                          help="format of --file (default: from its suffix .conll/.conllu, else text)")
+    predict.add_argument("--question", action="append", help="QA models: a question (repeatable, pairs with --context)")
+    predict.add_argument("--context", action="append", help="QA models: the context to answer from (repeatable)")
     predict.add_argument("--out", help="write predictions here (CoNLL: word<TAB>label) instead of stdout")
 
     bench = sub.add_parser("bench", help="measure latency, alignment throughput and MFU; prints one JSON document")

@@ -228,3 +228,34 @@ def test_bad_inputs_are_one_line_errors(saved, predictor, tmp_path, capsys):
 def test_predictions_do_not_depend_on_batch_company(predictor):
     alone = [predictor.predict_words([s])[0] for s in SENTENCES]
     assert predictor.predict_words(SENTENCES[::-1]) == alone[::-1]
+
+
+def test_qa_predictor_answers_like_direct_span_decoding(tmp_path, tokenizer):
+    from alad_jax.data import qa
+    from alad_jax.data.readers import QAExample
+    from alad_jax.inference.predictor import QAPredictor
+    from alad_jax.models.heads import QAHead
+    from train.models import predict_spans
+
+    rngs = nnx.Rngs(5)
+    config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2,
+                           intermediate_size=32, max_position_embeddings=64)
+    model = TaskModel(build_encoder(config, rngs=rngs), QAHead(24, rngs=rngs), AlignmentAdapter(16, 24, 3, 32, rngs=rngs))
+    path = save_aligned_model(tmp_path / "alad_w3_frozen", encoder=model.encoder, adapter=model.adapter,
+                              head=model.head, labels=(), task="qa", max_length=64, tokenizer=tokenizer, stride=16,
+                              meta={"null_threshold": 1e9})  # "" only if null beats the best span by 1e9: always answer
+    questions = ["Where did the cat sit?", "Who wrote it?"]
+    contexts = ["The cat sat on the mat near the door of the old house by the river. " * 6,
+                "It was written by a careful engineer."]
+    got = QAPredictor.from_dir(path).answer(questions, contexts)
+    examples = [QAExample(str(i), q, c, ()) for i, (q, c) in enumerate(zip(questions, contexts))]
+    features = qa.encode_qa(examples, tokenizer, max_length=64, doc_stride=16)
+    graphdef, state = nnx.split(model)
+    start, end = predict_spans(graphdef, state, {"input_ids": features.input_ids,
+                                                 "attention_mask": features.attention_mask,
+                                                 "token_type_ids": features.token_type_ids})
+    want, _ = qa.postprocess_qa(examples, features, np.asarray(start), np.asarray(end), null_threshold=1e9)
+    assert got == [want["0"], want["1"]]
+    assert all(answer and answer in context for answer, context in zip(got, contexts))
+    with pytest.raises(AladError, match="as many --question as --context"):
+        QAPredictor.from_dir(path).answer(["q"], [])

@@ -204,7 +204,8 @@ class Pipeline:
                 labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
                 max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
                 meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
-                      "case": case, "dev": row["dev"], "test": row["test"]},
+                      "case": case, "dev": row["dev"], "test": row["test"],
+                      "null_threshold": row["test_metrics"].get("null_threshold")},
             )
         return row
 

@@ -20,6 +20,7 @@ programs however many calls it serves.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -296,10 +297,8 @@ class Predictor:
         """A saved aligned model (see :func:`save_aligned_model`)."""
         loaded = load_aligned_model(path)
         if loaded.info["task"] == "qa":
-            raise AladError(
-                f"{path} is a QA model; this predictor labels words (pos/ner); decode QA spans with "
-                "alad_jax.data.qa.postprocess_qa on train.models.predict_spans outputs"
-            )
+            raise AladError(f"{path} is a QA model; answer questions with QAPredictor.from_dir (alad predict "
+                            "--question Q --context C)")
         tokenizer = hub.load_tokenizer(str(Path(path) / STUDENT_DIR))
         options.setdefault("stride", loaded.info["stride"])
         return cls.from_model(loaded.model, loaded.labels, tokenizer, max_length=loaded.info["max_length"], **options)
@@ -400,6 +399,51 @@ class Predictor:
         return out
 
 
+class QAPredictor:
+    """Answers questions from contexts with a saved aligned QA model (SQuAD 2.0 decoding).
+
+    Contexts are windowed with the model's document stride; the answer is the
+    best span over all windows, or "" when the null score beats it by more than
+    the null threshold tuned on dev during training (``alad.json``).
+    """
+
+    def __init__(self, model: TaskModel, tokenizer, *, max_length: int, stride: int, null_threshold: float,
+                 batch_size: int = 8):
+        self.graphdef, self.state = nnx.split(model)
+        self.tokenizer = tokenizer
+        self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
+        self.null_threshold = null_threshold
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> QAPredictor:
+        loaded = load_aligned_model(path)
+        if loaded.info["task"] != "qa":
+            raise AladError(f"{path} is a {loaded.info['task']} model; use Predictor for word labels")
+        threshold = (loaded.info.get("meta") or {}).get("null_threshold")
+        return cls(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
+                   max_length=loaded.info["max_length"], stride=loaded.info["stride"],
+                   null_threshold=math.inf if threshold is None else float(threshold))
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
+        """One answer per (question, context) pair; "" means unanswerable."""
+        from alad_jax.data import qa
+        from train.models import predict_spans
+
+        if len(questions) != len(contexts) or not questions:
+            raise AladError(f"alad predict: give as many --question as --context ({len(questions)} vs "
+                            f"{len(contexts)}), at least one")
+        examples = [readers.QAExample(str(i), q, c, ()) for i, (q, c) in enumerate(zip(questions, contexts))]
+        features = qa.encode_qa(examples, self.tokenizer, max_length=self.max_length, doc_stride=self.stride)
+        start = np.zeros(features.input_ids.shape, np.float32)
+        end = np.zeros_like(start)
+        for batch in qa.make_qa_batches(features, batch_size=self.batch_size):
+            s, e = (np.asarray(x) for x in predict_spans(self.graphdef, self.state, batch))
+            real = batch["feature_index"] >= 0
+            start[batch["feature_index"][real]], end[batch["feature_index"][real]] = s[real], e[real]
+        answers, _ = qa.postprocess_qa(examples, features, start, end, null_threshold=self.null_threshold)
+        return [answers[e.id] for e in examples]
+
+
 def model_dir_of_workdir(workdir: str | os.PathLike, case: str = "frozen", window: int | None = None) -> Path:
     """``workdir/models/alad_w{K}_{case}``; with ``window=None`` the only K saved for that case."""
     models = Path(workdir) / "models"
@@ -438,7 +482,13 @@ def _file_format(path: str, fmt: str | None) -> str:
 
 
 def main(args) -> int:
-    """``alad predict``: word<TAB>label lines, a blank line between sentences (stdout or --out)."""
+    """``alad predict``: word<TAB>label lines, a blank line between sentences (stdout or --out); QA: one answer a line."""
+    if args.question or args.context:
+        path = Path(args.model)
+        model_dir = path if (path / MODEL_JSON).is_file() else model_dir_of_workdir(path, args.case, args.window)
+        answers = QAPredictor.from_dir(model_dir).answer(args.question or [], args.context or [])
+        print("\n".join(answers))
+        return 0
     if not (args.text or args.words or args.file):
         raise AladError('alad predict: nothing to label; give --text "a sentence", --words W1 W2 ... or --file FILE')
     predictor = Predictor.open(args.model, args.case, args.window)
