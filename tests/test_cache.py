@@ -166,3 +166,31 @@ def test_training_from_cache_matches_uncached_path(tmp_path, rows, student, teac
         got = np.asarray(getattr(cached_adapter, name).kernel[...])
         moved = np.abs(want - np.asarray(getattr(start, name).kernel[...])).mean()
         assert np.abs(got - want).mean() < 0.01 * moved, name  # measured: 8e-4 of the distance moved
+
+
+def test_qa_rows_are_cached_with_their_segment_ids(tmp_path):
+    """A question/context pair's cached states equal the encoders run with its token_type_ids (not segment 0)."""
+    from alad_jax.data import qa, readers
+    from alad_jax.models import hub
+
+    tokenizer = hub.load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    context = "The boy ate the apple in the garden behind the old house."
+    example = readers.QAExample(id="q1", question="Where did the boy eat the apple?", context=context,
+                                answers=(readers.Answer("in the garden", context.index("in the garden")),))
+    feats = qa.encode_qa([example], tokenizer, max_length=48, doc_stride=16, max_query_length=16)
+    n = int(feats.attention_mask[0].sum())
+    ids, segments = feats.input_ids[0, :n] % VOCAB, feats.token_type_ids[0, :n]  # ids fit the tiny encoders
+    assert segments.max() == 1 and segments.min() == 0
+    student, teacher = _encoder(3, 16, 1), _encoder(4, 24, 1)
+    cache = HiddenCache.build(tmp_path, [ids], student, teacher, token_types=[segments], buckets=(48,))
+    batch = {"input_ids": ids[None], "attention_mask": np.ones((1, n), np.int32), "feature_index": np.array([0])}
+    gathered = cache.gather(batch)
+    for name, encoder in (("student_hidden", student), ("teacher_hidden", teacher)):
+        direct = encoder(ids[None], np.ones((1, n), np.int32), segments[None]).last_hidden_state
+        segment0 = encoder(ids[None], np.ones((1, n), np.int32)).last_hidden_state
+        cached = np.asarray(gathered[name], np.float32)
+        np.testing.assert_allclose(cached, np.asarray(direct), atol=2e-2)  # bf16 storage
+        assert np.abs(np.asarray(segment0) - np.asarray(direct)).max() > 0.1  # the segments matter here
+    # A different segmentation of the same ids is another cache entry, never a stale hit.
+    other = HiddenCache.build(tmp_path, [ids], student, teacher, buckets=(48,))
+    assert np.abs(np.asarray(other.student, np.float32) - np.asarray(cache.student, np.float32)).max() > 0.1

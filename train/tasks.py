@@ -115,7 +115,16 @@ class TaggingTask:
         if cfg.task == "pos" and data.format == "conllu" and data.tag == "upos":
             vocab = tagging.LabelVocab(tagging.UPOS_LABELS)  # every UD corpus shares these 17 ids
         else:
-            vocab = tagging.LabelVocab.from_sentences(sentences["train"])
+            # Every split's tags get an id, so a tag that training never saw is scored as an
+            # error the model cannot avoid rather than stopping the run.
+            vocab = tagging.LabelVocab.from_sentences([s for items in sentences.values() for s in items])
+        unseen = sorted({t for s in sentences["dev"] + sentences["test"] for t in s.tags or ()}
+                        - {t for s in sentences["train"] for t in s.tags or ()})
+        if unseen:
+            message = (f"labels {', '.join(unseen)} occur in dev/test but never in train: "
+                       f"every word with them is scored as an error")
+            print(f"warning: {message}", flush=True)
+            notes.append(message)
         features = {}
         for split, items in sentences.items():
             features[split] = tagging.encode_tagging(items, tokenizer, vocab, max_length=cfg.max_length,
@@ -237,9 +246,11 @@ class QATask:
         feats = self.features[split]
         lengths = feats.attention_mask.sum(1)
         ids = [feats.input_ids[i, :n] for i, n in enumerate(lengths)]
+        segments = [feats.token_type_ids[i, :n] for i, n in enumerate(lengths)]
         ignore = [np.full(len(r), tagging.IGNORE_INDEX, np.int32) for r in ids]
         return tagging.TaggingFeatures(ids, ignore, [np.full(len(r), -1, np.int32) for r in ids],
-                                       feats.example_index.copy(), len(self.examples[split]), 0, 0)
+                                       feats.example_index.copy(), len(self.examples[split]), 0, 0,
+                                       token_type_ids=segments)
 
     def _logits(self, model: nnx.Module, split: str, prepare=None) -> tuple[np.ndarray, np.ndarray]:
         graphdef, state = nnx.split(model)

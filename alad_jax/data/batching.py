@@ -112,7 +112,7 @@ def make_batches(
 
     - ``input_ids`` int32 ``[b, L]`` (``pad_id`` past each row's end)
     - ``attention_mask`` int32 ``[b, L]``
-    - ``token_type_ids`` int32 ``[b, L]`` (zeros: single segment)
+    - ``token_type_ids`` int32 ``[b, L]`` (the rows' segment ids, zeros when they have none)
     - ``labels`` int32 ``[b, L]`` (:data:`IGNORE_INDEX` on padding)
     - ``feature_index`` int32 ``[b]`` (row in ``features``, -1 for a padding row)
     """
@@ -136,6 +136,8 @@ def make_batches(
         input_ids = np.full((share, length), pad_id, np.int32)
         attention_mask = np.zeros((share, length), np.int32)
         labels = np.full((share, length), IGNORE_INDEX, np.int32)
+        token_type_ids = np.zeros((share, length), np.int32)
+        segments = getattr(features, "token_type_ids", None)
         for i, row in enumerate(local):
             if row < 0:
                 continue
@@ -143,11 +145,13 @@ def make_batches(
             input_ids[i, :n] = features.input_ids[row]
             attention_mask[i, :n] = 1
             labels[i, :n] = features.labels[row]
+            if segments is not None:
+                token_type_ids[i, :n] = segments[row]
         batches.append(
             {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
-                "token_type_ids": np.zeros((share, length), np.int32),
+                "token_type_ids": token_type_ids,
                 "labels": labels,
                 "feature_index": local.astype(np.int32),
             }

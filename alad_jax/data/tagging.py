@@ -92,6 +92,8 @@ class TaggingFeatures:
     - ``word_index[i]``: int32 ``[len_i]``; the word's index in its sentence at
       first sub-words this window owns, -1 elsewhere
     - ``sentence_index``: int32 ``[num_windows]``; the sentence of each row
+    - ``token_type_ids``: optional int32 ``[len_i]`` segment ids (QA rows carry
+      question 0 / context 1); ``None`` means a single segment
 
     ``num_truncated_words`` counts words left without an owned first sub-word
     (0 by construction: windows cover every position). ``num_empty_words``
@@ -107,6 +109,7 @@ class TaggingFeatures:
     num_sentences: int
     num_truncated_words: int
     num_empty_words: int = 0
+    token_type_ids: list[np.ndarray] | None = None  # int32 [len_i] per row; None = one segment (all zeros)
 
     def __len__(self) -> int:
         return len(self.input_ids)
