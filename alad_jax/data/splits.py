@@ -64,3 +64,19 @@ def subsample(items: Sequence[T], n: int | None, *, seed: int) -> list[T]:
         raise AladError(f"subsample: n={n} must be >= 0 (or None for all)")
     chosen = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
     return [items[i] for i in chosen]
+
+
+def hash_holdout(sentences: Sequence[TaggedSentence], n: int) -> tuple[list[TaggedSentence], list[TaggedSentence]]:
+    """``(held_out, rest)``: the ``n`` sentences with the smallest md5 of their words, and the others.
+
+    The choice depends only on the words, so it spreads over every input file
+    (not the first ``n`` of the first file) and is the same on every run; both
+    parts keep the input order.
+    """
+    if n < 0:
+        raise AladError(f"hash_holdout: n={n} must be >= 0")
+    digests = [hashlib.md5(" ".join(s.words).encode("utf-8")).digest() for s in sentences]
+    chosen = set(sorted(range(len(sentences)), key=lambda i: (digests[i], i))[:n])
+    held = [s for i, s in enumerate(sentences) if i in chosen]
+    rest = [s for i, s in enumerate(sentences) if i not in chosen]
+    return held, rest
