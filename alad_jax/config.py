@@ -64,9 +64,17 @@ class CorpusConfig:
 
 @dataclasses.dataclass
 class StageConfig:
-    """Optimisation of one stage or case. ``token_budget`` > 0 batches by tokens."""
+    """Optimisation of one stage or case. ``token_budget`` > 0 batches by tokens.
 
-    epochs: float = 4.0
+    Every stage stops by one rule: evaluate on dev (alignment: validation MSE)
+    after every epoch, keep the best state, and stop once ``patience``
+    evaluations in a row have not improved on the best by more than
+    ``min_delta`` ("plateau"), or after ``epochs`` epochs ("cap").
+    """
+
+    epochs: float = 4.0  # the cap (max epochs)
+    patience: int = 2  # evaluations without improvement before stopping (0 = run to the cap)
+    min_delta: float = 0.0  # an improvement must exceed this (metric units: 0.001 = 0.1 accuracy points)
     lr: float = 1e-4
     weight_decay: float = 0.01
     batch_size: int = 32
@@ -131,7 +139,7 @@ class Config:
     seed: int = 0
     cache_dir: str = ""  # Hugging Face cache directory ("" = the library default)
     eval_batch_size: int = 32  # also the latency batch: its program is already compiled by evaluation
-    latency_batches: int = 8
+    latency_batches: int = 20  # timed forwards per row (rows take turns)
     checkpoint_every: int = 200  # steps between resumable checkpoints
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
@@ -152,6 +160,8 @@ class Config:
         if self.student_layers < 0:
             raise AladError(f"config key 'student_layers' is {self.student_layers}; use 0 (keep all) or a positive count")
         for name, stage in dataclasses.asdict(self.stages).items():
+            if stage["patience"] < 0:
+                raise AladError(f"config key 'stages.{name}.patience' is {stage['patience']}; use 0 (no early stop) or more")
             if (stage["batch_size"] > 0) == (stage["token_budget"] > 0):
                 raise AladError(
                     f"config keys 'stages.{name}.batch_size' and 'stages.{name}.token_budget': set exactly one above 0"

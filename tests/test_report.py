@@ -141,12 +141,52 @@ def test_markdown_gap_recovered_for_known_case(tmp_path):
     assert "- train subsampled to 2000 of 6700 sentences\n- stage 1 budget: 3 epochs\n" in md
     table = _table_rows(md)
     assert list(table) == [r["name"] for r in _pos_results()["rows"]]
-    assert table["alad_w3_head"] == ["alad_w3_head", "0.8100", "0.8000", "50.0%", "12,500,000", "10,000",
+    assert table["alad_w3_head"] == ["alad_w3_head", "0.8100", "0.8000", "50.0%", "-", "-", "12,500,000", "10,000",
                                      "1,500,000 (6.61%)", "5.00", "0.910"]
     assert table["alad_w3_frozen"][3] == "70.0%"          # (0.84 - 0.7) / 0.2
     assert table["alad_w3_noalign_frozen"][3] == "45.0%"  # (0.79 - 0.7) / 0.2
     assert table["teacher"][3] == "-" and table["student_probe"][3] == "-"
-    assert table["teacher"][6] == "0" and table["teacher"][8] == "-"
+    assert table["teacher"][8] == "0" and table["teacher"][10] == "-"
+
+
+def _with_histories(results, curves, stopped="plateau"):
+    """Give every row a stopping record; ``curves`` maps row name -> (dev history, how it stopped)."""
+    for row in results["rows"]:
+        dev, how = curves.get(row["name"], ([0.5, row["dev"], row["dev"]], stopped))
+        row.update(history=[{"epoch": i + 1, "dev": d} for i, d in enumerate(dev)], epochs_run=len(dev),
+                   best_epoch=int(max(range(len(dev)), key=lambda i: dev[i])) + 1, stopped=how)
+    return results
+
+
+def test_settled_comparison_says_so_and_shows_epochs(tmp_path):
+    write_results(tmp_path, _with_histories(_pos_results(), {}))
+    md = (tmp_path / "results.md").read_text()
+    table = _table_rows(md)
+    assert table["alad_w3_frozen"][4:6] == ["3 (2)", "plateau"]
+    assert "- Yes: every row reached its plateau" in _section(md, "Is the comparison fair?")
+    assert "- Verdict: yes:" in _section(md, "Did alignment help?")
+
+
+def test_row_at_its_cap_while_rising_makes_the_verdict_unsettled(tmp_path):
+    results = _with_histories(_pos_results(), {"alad_w3_noalign_frozen": ([0.70, 0.76, 0.80], "cap"),
+                                               "student_ft": ([0.80, 0.86, 0.861], "cap")})  # +0.1 point: settled
+    write_results(tmp_path, results)
+    md = (tmp_path / "results.md").read_text()
+    table = _table_rows(md)
+    assert table["alad_w3_noalign_frozen"][5] == "cap **still rising**"
+    assert table["student_ft"][5] == "cap"
+    assert "- No: alad_w3_noalign_frozen stopped at the epoch cap while still improving on dev." in md
+    assert "- Verdict: unsettled (alad_w3_noalign_frozen stopped at the epoch cap" in md
+
+
+def test_row_above_the_teacher_on_dev_voids_the_gap_column(tmp_path):
+    results = _pos_results()
+    results["rows"][5]["dev"] = 0.95  # alad_w3_joint above the teacher's 0.91
+    write_results(tmp_path, _with_histories(results, {}))
+    md = (tmp_path / "results.md").read_text()
+    assert all(cells[3] == "-" for cells in _table_rows(md).values())
+    assert "alad_w3_joint beat the teacher on dev: the teacher is under-trained" in _section(md, "Is the comparison fair?")
+    assert "- Verdict: unsettled (" in _section(md, "Did alignment help?")
 
 
 def test_gap_is_dash_when_teacher_equals_probe(tmp_path):
@@ -225,11 +265,11 @@ def test_dict_metric_without_headline_is_an_error(tmp_path):
 
 
 def _histories():
-    align = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "score": 1.0 / e, "mse": 1.0 / e,
+    align = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "dev": 1.0 / e, "mse": 1.0 / e,
               "cosine": 0.6 + 0.05 * e} for e in (1, 2, 3)]
-    continual = [{"epoch": e, "step": 5 * e, "train_loss": 0.3 / e, "score": 0.3 / e, "mse": 0.3 / e,
+    continual = [{"epoch": e, "step": 5 * e, "train_loss": 0.3 / e, "dev": 0.3 / e, "mse": 0.3 / e,
                   "cosine": 0.8 + 0.01 * e} for e in (1, 2)]
-    task = [{"epoch": e, "step": 40 * e, "train_loss": 0.8 / e, "score": 0.6 + 0.1 * e, "accuracy": 0.6 + 0.1 * e}
+    task = [{"epoch": e, "step": 40 * e, "train_loss": 0.8 / e, "dev": 0.6 + 0.1 * e, "accuracy": 0.6 + 0.1 * e}
             for e in (1, 2)]
     return {"align_w3": align, "continual_w3": continual, "alad_w3_frozen": task, "teacher": task}
 

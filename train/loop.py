@@ -52,7 +52,10 @@ class Objective:
 class FitResult:
     model: nnx.Module  # the best parameters by validation score
     best_score: float
-    history: list[dict]
+    history: list[dict]  # one record per evaluation: {"epoch", "dev", "step", "train_loss", ...}
+    epochs_run: int
+    best_epoch: int
+    stopped: str  # "plateau" (patience ran out), "cap" (max epochs or steps) or "time" (max_seconds)
     steps: int
     seconds: float
     trainable_params: int
@@ -63,16 +66,22 @@ def make_optimizer(stage: StageConfig, optim: OptimConfig, total_steps: int) -> 
     """AdamW with global-norm clipping and a warmup + linear-decay (or constant) schedule."""
     warmup = int(stage.warmup_fraction * total_steps)
     if stage.schedule == "constant":
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, stage.lr, max(warmup, 1)), optax.constant_schedule(stage.lr)], [warmup]
-        ) if warmup else optax.constant_schedule(stage.lr)
-    else:
-        schedule = optax.warmup_linear_decay_schedule(0.0, stage.lr, warmup, max(total_steps, warmup + 1), 0.0) \
-            if warmup else optax.linear_schedule(stage.lr, 0.0, max(total_steps, 1))
+        after = optax.constant_schedule(stage.lr)
+    else:  # linear decay to 0 at total_steps, as the HF Trainer default
+        after = optax.linear_schedule(stage.lr, 0.0, max(total_steps - warmup, 1))
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, stage.lr, warmup), after], [warmup]) \
+        if warmup else after
     return optax.chain(
         optax.clip_by_global_norm(optim.clip_norm),
         optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=stage.weight_decay),
     )
+
+
+def improves(score: float, best: float | None, higher_is_better: bool, min_delta: float = 0.0) -> bool:
+    """Whether ``score`` beats ``best`` by more than ``min_delta`` (the first score always does)."""
+    if best is None:
+        return True
+    return score - best > min_delta if higher_is_better else best - score > min_delta
 
 
 def count_params(state: nnx.State) -> int:
@@ -155,7 +164,10 @@ def fit(
     ``prepare(batch)`` may add arrays to a batch just before the step (e.g.
     cached hidden states gathered by row). ``evaluate(model) -> (score,
     metrics)`` runs after every epoch; the best score's parameters are
-    returned. Resumes from ``checkpoint_dir``.
+    returned. Training stops when ``stage.patience`` evaluations in a row
+    fail to beat the best score by more than ``stage.min_delta`` (plateau) or
+    at the cap (``stage.epochs`` / ``max_steps`` / ``max_seconds``). Resumes
+    from ``checkpoint_dir``.
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
     steps_per_epoch = len(batches_for_epoch(0))
@@ -174,12 +186,13 @@ def fit(
     )
     best = jax.tree_util.tree_map(jnp.copy, trainable)
 
-    meta = {"step": 0, "best_score": None, "history": [], "seconds": 0.0, "tokens": 0, "done": False,
-            "loss_sum": 0.0, "loss_count": 0}
+    meta = {"step": 0, "best_score": None, "best_epoch": 0, "evals_since_best": 0, "history": [], "seconds": 0.0,
+            "tokens": 0, "done": False, "stopped": "", "loss_sum": 0.0, "loss_count": 0}
     checkpoints = _Checkpoints(checkpoint_dir)
     restored = checkpoints.restore((trainable, opt_state, best))
     if restored is not None:
-        (trainable, opt_state, best), meta = restored
+        (trainable, opt_state, best), saved_meta = restored
+        meta.update(saved_meta)
     base_key = jax.random.key(seed)
     step = last_saved = meta["step"]
     started = time.perf_counter() - meta["seconds"]
@@ -226,18 +239,25 @@ def fit(
         # End of an epoch (or of the budget): validate, keep the best.
         flush_losses()
         score, eval_metrics = evaluate(nnx.merge(graphdef, trainable, frozen))
-        prev = meta["best_score"]
-        if prev is None or (score > prev if higher_is_better else score < prev):
-            meta["best_score"] = float(score)
+        if improves(float(score), meta["best_score"], higher_is_better, stage.min_delta):
+            meta["best_score"], meta["best_epoch"], meta["evals_since_best"] = float(score), epoch + 1, 0
             best = jax.tree_util.tree_map(jnp.copy, trainable)
+        else:
+            meta["evals_since_best"] += 1
         train_loss = meta["loss_sum"] / meta["loss_count"] if meta["loss_count"] else float("nan")
         meta["loss_sum"], meta["loss_count"] = 0.0, 0
-        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "score": float(score), **eval_metrics}
+        record = {"epoch": epoch + 1, "dev": float(score), "step": step, "train_loss": train_loss, **eval_metrics}
         meta["history"].append(record)
         if log_scalars:
             log_scalars(name, step, {f"eval/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
-        bar.set_postfix(loss=f"{train_loss:.4f}", score=f"{score:.4f}")
-        meta["done"] = out_of_time or step >= total_steps
+        bar.set_postfix(loss=f"{train_loss:.4f}", dev=f"{score:.4f}")
+        if stage.patience and meta["evals_since_best"] >= stage.patience:
+            meta["stopped"] = "plateau"
+        elif step >= total_steps:
+            meta["stopped"] = "cap"
+        elif out_of_time:
+            meta["stopped"] = "time"
+        meta["done"] = bool(meta["stopped"])
         # Checkpoints cost seconds each: write one per `checkpoint_every` steps and at the end.
         if meta["done"] or step - last_saved >= checkpoint_every:
             save()
@@ -248,6 +268,9 @@ def fit(
         model=nnx.merge(graphdef, best, frozen),
         best_score=float(meta["best_score"]) if meta["best_score"] is not None else float("nan"),
         history=list(meta["history"]),
+        epochs_run=len(meta["history"]),
+        best_epoch=int(meta["best_epoch"]),
+        stopped=meta["stopped"],
         steps=step,
         seconds=float(seconds),
         trainable_params=count_params(trainable),

@@ -31,7 +31,7 @@ from alad_jax.cache import HiddenCache
 from alad_jax.config import Config, dump_toml
 from alad_jax.data import splits, tagging
 from alad_jax.errors import AladError
-from alad_jax.inference.predictor import save_aligned_model
+from alad_jax.inference.predictor import load_aligned_model, save_aligned_model
 from alad_jax.models import compress, hub
 from train import models, report, tasks
 from train.loop import Objective, fit
@@ -153,6 +153,9 @@ class Pipeline:
             for case in ("head", "frozen", "joint", "noalign_frozen"):
                 name = f"alad_w{k}_{case}"
                 rows[name] = self.stage(name, lambda k=k, case=case, name=name: self._task_case(name, case, k))
+        latency = self.stage("latency", lambda: self._latencies(list(rows)))
+        rows = {name: {**row, "latency_ms": latency["p50_ms"][name], "latency_p95_ms": latency["p95_ms"][name]}
+                for name, row in rows.items()}
         results = self._results(rows, alignment, time.perf_counter() - started)
         if sharding.is_primary():
             report.write_results(self.workdir, results)
@@ -197,8 +200,9 @@ class Pipeline:
         head = self.task.make_head(width, _seed(cfg, name + "_head"))
         model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"))
         row, best = self._train_and_score(name, model, case)
-        if adapter is not None and sharding.is_primary():
-            export_reference(best.adapter, self.adapter_path(window, case))
+        if sharding.is_primary():
+            if adapter is not None:
+                export_reference(best.adapter, self.adapter_path(window, case))
             save_aligned_model(
                 self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
                 labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
@@ -218,9 +222,10 @@ class Pipeline:
         """Frozen student and fine-tuned teacher hidden states of a task split (computed once)."""
         if split not in self._task_caches:
             teacher, _ = self.load_teacher()
-            rows = tasks.rows_of(self.task.text_rows(split))
-            self._task_caches[split] = HiddenCache.build(self.workdir / "cache", rows, self.load_student(), teacher,
-                                                         buckets=tasks.buckets_for(self.cfg.max_length))
+            features = self.task.text_rows(split)
+            self._task_caches[split] = HiddenCache.build(
+                self.workdir / "cache", tasks.rows_of(features), self.load_student(), teacher,
+                token_types=features.token_type_ids, buckets=tasks.buckets_for(self.cfg.max_length))
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -254,13 +259,12 @@ class Pipeline:
         row = {
             "name": name, "dev": dev_score, "test": test_score,
             "params": {"total": _count(best), "trainable": result.trainable_params, "adapter": _count(best.adapter)},
-            "latency_ms": self._latency(best),
             "cosine": self._cosine(best, self._encoder_hidden("test") if cached else None)
             if best.adapter is not None else None,
             "dev_metrics": dev_metrics, "test_metrics": test_metrics,
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1),
-            "history": result.history,
+            **_stopping(result),
         }
         return _jsonable(row), best
 
@@ -269,9 +273,8 @@ class Pipeline:
         cfg = self.cfg
         if stage == "continual":
             return self.task.text_rows("train"), self.task.text_rows("dev")
-        corpus = tasks.read_corpus(cfg)
-        corpus = splits.subsample(corpus, cfg.corpus.max_sentences + cfg.corpus.val_sentences, seed=cfg.seed)
-        val, train = corpus[:cfg.corpus.val_sentences], corpus[cfg.corpus.val_sentences:]
+        val, rest = splits.hash_holdout(tasks.read_corpus(cfg), cfg.corpus.val_sentences)
+        train = splits.subsample(rest, cfg.corpus.max_sentences or None, seed=cfg.seed)
         encode = lambda s: tagging.encode_tagging(s, self.task.tokenizer, None, max_length=cfg.max_length,
                                                   stride=cfg.stride)
         return encode(train), encode(val)
@@ -324,34 +327,44 @@ class Pipeline:
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1), "cached": cfg.cache_features,
             "train_rows": len(train_rows.input_ids), "val_rows": len(val_rows.input_ids),
-            "history": result.history,
+            **_stopping(result),
         })
 
     # -- measurements ----------------------------------------------------------------------------
-    def _latency(self, model: TaskModel) -> float:
-        """Median ms of one jitted forward on ``eval_batch_size`` test rows padded to max_length.
+    def _latencies(self, names: list[str]) -> dict:
+        """p50 / p95 ms of one jitted forward per row, every row's saved model timed interleaved.
 
-        The batch has the shape of an evaluation batch of the longest bucket, so the
-        program is usually compiled already and only the forward is timed.
+        One batch of ``eval_batch_size`` test rows padded to max_length; after a
+        warm-up call each, the rows take turns ``latency_batches`` times, so a
+        slow minute on a shared machine hits every row alike.
         """
-        rows = self.task.text_rows("test").input_ids[:self.cfg.eval_batch_size]
+        rows = self.task.text_rows("test")
+        batch = tasks.alignment_eval_batches(rows, self.cfg)[0]
         ids = np.zeros((self.cfg.eval_batch_size, self.cfg.max_length), np.int32)
-        mask = np.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)] = row
-            mask[r, :len(row)] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        batch = {key: _pad_to(value, ids.shape) for key, value in batch.items() if value.ndim == 2}
         if self.cfg.task == "qa":
             batch["feature_index"] = np.arange(len(ids), dtype=np.int32)
         predict = models.predict_spans if self.cfg.task == "qa" else models.predict_tags
-        graphdef, state = nnx.split(model)
-        jax.block_until_ready(predict(graphdef, state, batch))
-        times = []
+        split = {}
+        for name in names:
+            split[name] = nnx.split(self._row_model(name))
+            jax.block_until_ready(predict(*split[name], batch))
+        times = {name: [] for name in names}
         for _ in range(self.cfg.latency_batches):
-            t = time.perf_counter()
-            jax.block_until_ready(predict(graphdef, state, batch))
-            times.append((time.perf_counter() - t) * 1000)
-        return round(float(np.median(times)), 3)
+            for name in names:
+                t = time.perf_counter()
+                jax.block_until_ready(predict(*split[name], batch))
+                times[name].append((time.perf_counter() - t) * 1000)
+        return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
+                "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
+                "runs": self.cfg.latency_batches, "batch": list(ids.shape)}
+
+    def _row_model(self, name: str) -> TaskModel:
+        """A finished row's best model, read back from ``models/``."""
+        if name == "teacher":
+            encoder, head = self.load_teacher()
+            return TaskModel(encoder, head)
+        return load_aligned_model(self.workdir / "models" / name, impl=self.cfg.adapter_impl).model
 
     def _cosine(self, model: TaskModel, prepare=None) -> float:
         """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test.
@@ -374,7 +387,7 @@ class Pipeline:
         student = f"{cfg.student} (first {cfg.student_layers} layers)" if cfg.student_layers else cfg.student
         out_rows = []
         for row in rows.values():
-            row = _without_history(row)
+            row = _compact_history(row)
             if row["params"]["adapter"]:
                 pct = round(100 * row["params"]["adapter"] / teacher_total, 3)
                 row["params"] = {**row["params"], "adapter_pct_of_teacher": pct}
@@ -382,8 +395,9 @@ class Pipeline:
         return {
             "task": cfg.task, "metric": self.task.metric, "teacher": cfg.teacher, "student": student,
             "notes": self.task.notes + [
-                f"latency_ms: median of jitted forwards on one batch of {cfg.eval_batch_size} test rows padded to "
-                f"max_length {cfg.max_length}",
+                f"latency_ms: p50 (latency_p95_ms: p95) of {cfg.latency_batches} jitted forwards per row on one "
+                f"batch of {cfg.eval_batch_size} test rows padded to max_length {cfg.max_length}, every row's saved "
+                f"model timed in turn (interleaved)",
                 f"alignment features cached: {cfg.cache_features}",
             ],
             "alignment": alignment,
@@ -394,8 +408,28 @@ class Pipeline:
         }
 
 
+def _stopping(result) -> dict:
+    """How a stage ended: epochs run, the best (restored) epoch, why it stopped, and every evaluation."""
+    return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
+            "history": result.history}
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``array`` [b, l] zero-padded (or cut) to ``shape``."""
+    out = np.zeros(shape, array.dtype)
+    rows, cols = min(shape[0], array.shape[0]), min(shape[1], array.shape[1])
+    out[:rows, :cols] = array[:rows, :cols]
+    return out
+
+
 def _without_history(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "history"}
+
+
+def _compact_history(row: dict) -> dict:
+    """A results.json row keeps only the dev curve (and train loss) of its full history."""
+    keep = ("epoch", "dev", "train_loss")
+    return {**row, "history": [{k: h[k] for k in keep if k in h} for h in row.get("history", [])]}
 
 
 def _jsonable(value):

@@ -148,7 +148,7 @@ class _Numbers:
         self.metric = results["metric"]
         self.rows = {r["name"]: r for r in results["rows"]}
         self.test = {n: _headline(r["test"], self.metric, f"row '{n}'.test") for n, r in self.rows.items()}
-        dev = {n: _headline(r["dev"], self.metric, f"row '{n}'.dev") for n, r in self.rows.items()}
+        self.dev = dev = {n: _headline(r["dev"], self.metric, f"row '{n}'.dev") for n, r in self.rows.items()}
         scale = results.get("metric_scale")
         if scale is None:
             scale = 1.0 if all(0.0 <= v <= 1.0 for v in [*self.test.values(), *dev.values()]) else 100.0
@@ -170,6 +170,24 @@ class _Numbers:
     def points(self, a: float, b: float) -> float:
         """``a - b`` in percentage points."""
         return (a - b) * 100.0 / self.scale
+
+
+STILL_RISING_POINTS = 0.2  # a row at its cap that gained this much in its last epoch had not finished
+
+
+def still_rising(row: dict, nums: _Numbers) -> bool:
+    """Whether ``row`` stopped at its epoch cap while its dev score was still rising (>= 0.2 points)."""
+    dev = [float(h["dev"]) for h in row.get("history", []) if isinstance(h, dict) and "dev" in h]
+    if row.get("stopped") == "plateau" or len(dev) < 2:
+        return False
+    return nums.points(dev[-1], max(dev[:-1])) >= STILL_RISING_POINTS
+
+
+def teacher_beaten_on_dev(nums: _Numbers) -> list[str]:
+    """Rows whose dev score exceeds the teacher's: then the teacher is no ceiling."""
+    if "teacher" not in nums.dev:
+        return []
+    return [n for n, v in nums.dev.items() if n != "teacher" and v > nums.dev["teacher"]]
 
 
 def gap_recovered(row_test: float, probe_test: float, teacher_test: float) -> float | None:
@@ -195,11 +213,12 @@ def windows_in(names: Sequence[str]) -> list[int]:
 
 def _table(results: dict, nums: _Numbers) -> list[str]:
     teacher_total = nums.rows.get("teacher", {}).get("params", {}).get("total", 0)
-    has_refs = "teacher" in nums.test and "student_probe" in nums.test
+    # Without a teacher that bounds every row, a share of the student-teacher gap means nothing.
+    has_refs = "teacher" in nums.test and "student_probe" in nums.test and not teacher_beaten_on_dev(nums)
     lines = [
-        "| row | dev | test | gap recovered (test) | params total | trainable | adapter (% of teacher) "
-        "| latency ms | cosine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | dev | test | gap recovered (test) | epochs (best) | stopped | params total | trainable "
+        "| adapter (% of teacher) | latency ms | cosine |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         name = row["name"]
@@ -213,6 +232,8 @@ def _table(results: dict, nums: _Numbers) -> list[str]:
         cells = [
             name, nums.cell(row["dev"]), nums.cell(row["test"]),
             "-" if gap is None else f"{gap:.1f}%",
+            f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else "-",
+            (row.get("stopped") or "-") + (" **still rising**" if still_rising(row, nums) else ""),
             _count(params["total"]), _count(params["trainable"]), adapter,
             f"{row['latency_ms']:.2f}",
             "-" if row["cosine"] is None else f"{row['cosine']:.3f}",
@@ -233,7 +254,26 @@ def _compare(nums: _Numbers, row: str, reference: str) -> tuple[str, str | None]
     return line, outcome
 
 
-def _did_alignment_help(nums: _Numbers, windows: list[int]) -> list[str]:
+def _is_it_fair(nums: _Numbers) -> tuple[list[str], list[str]]:
+    """The "Is the comparison fair?" section, and the reasons (if any) it is not."""
+    rising = [n for n, r in nums.rows.items() if still_rising(r, nums)]
+    above = teacher_beaten_on_dev(nums)
+    reasons = []
+    if rising:
+        reasons.append(f"{', '.join(rising)} stopped at the epoch cap while still improving on dev")
+    if above:
+        reasons.append(f"{', '.join(above)} beat the teacher on dev: the teacher is under-trained and the "
+                       f"gap-recovered column is not meaningful")
+    lines = ["## Is the comparison fair?", "",
+             "Every trained row stops by one rule: best dev score, stop after `patience` epochs without "
+             "improvement or at its epoch cap.", ""]
+    lines += [f"- No: {r}." for r in reasons] or ["- Yes: every row reached its plateau (or gained < "
+                                                   f"{STILL_RISING_POINTS} points in its last epoch) and the "
+                                                   "teacher is the ceiling on dev."]
+    return lines + [""], reasons
+
+
+def _did_alignment_help(nums: _Numbers, windows: list[int], unfair: list[str] = ()) -> list[str]:
     unit = "0.01" if nums.scale == 1.0 else "1"
     lines = ["## Did alignment help?", "",
              f"Test {nums.metric}; differences in points (1 point = {unit} {nums.metric}).", ""]
@@ -253,6 +293,8 @@ def _did_alignment_help(nums: _Numbers, windows: list[int]) -> list[str]:
             short = [ref for ref, out in (("student_probe", vs_probe), (f"alad_w{k}_noalign_frozen", vs_noalign))
                      if out != "better"]
             verdict = f"no: {frozen} does not beat {' and '.join(short)}"
+        if unfair and vs_probe is not None:
+            verdict = f"unsettled ({'; '.join(unfair)}); as measured, {verdict}"
         lines += [f"- Verdict: {verdict}", ""]
     return lines
 
@@ -291,8 +333,11 @@ def render_markdown(results: dict) -> str:
     if notes:
         lines += [f"- {' '.join(str(n).split())}" for n in notes] + [""]
     lines += _table(results, nums) + [""]
-    lines += ["Gap recovered = (row - student_probe) / (teacher - student_probe) on test.", ""]
-    lines += _did_alignment_help(nums, windows)
+    lines += ["Gap recovered = (row - student_probe) / (teacher - student_probe) on test. "
+              "Epochs (best): epochs run and the epoch whose state was restored for test.", ""]
+    fair_lines, unfair = _is_it_fair(nums)
+    lines += fair_lines
+    lines += _did_alignment_help(nums, windows, unfair)
     lines += _what_did_it_cost(nums, windows)
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -370,12 +415,12 @@ def plot_curves(workdir: Path, histories: dict[str, list[dict]]) -> list[Path]:
         written.append(_save(fig, plots / "alignment.png"))
 
     task = {n: r for n, r in histories.items()
-            if not n.startswith(ALIGNMENT_PREFIXES) and r and all("score" in x for x in r)}
+            if not n.startswith(ALIGNMENT_PREFIXES) and r and all("dev" in x for x in r)}
     if task:
         fig = Figure(figsize=(7.0, 4.5))
         ax = fig.subplots()
         for name, records in task.items():
-            ax.plot(_epochs(records), [float(r["score"]) for r in records], marker="o", label=name)
+            ax.plot(_epochs(records), [float(r["dev"]) for r in records], marker="o", label=name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("dev score")
