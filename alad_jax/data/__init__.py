@@ -6,7 +6,9 @@
 - :mod:`~alad_jax.data.packaged`: the real corpora shipped by PyPI packages;
 - :mod:`~alad_jax.data.splits`: deterministic hash splits and subsets;
 - :mod:`~alad_jax.data.tagging`: tags -> sub-word labels, windows, stitching;
-- :mod:`~alad_jax.data.batching`: bucketed, jit-friendly, multi-host batches.
+- :mod:`~alad_jax.data.batching`: bucketed, jit-friendly, multi-host batches;
+- :mod:`~alad_jax.data.wordpieces`: do teacher and student cut sentences into
+  the same word pieces, and per-token word ids for word-level alignment.
 """
 
 from alad_jax.data.batching import DEFAULT_BUCKETS, batch_shapes, bucket_length, make_batches, rows_from_batches
@@ -25,6 +27,7 @@ from alad_jax.data.readers import (
 )
 from alad_jax.data.splits import split_by_hash, subsample
 from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
+from alad_jax.data.wordpieces import same_wordpieces, word_ids_array
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -49,7 +52,9 @@ __all__ = [
     "read_squad",
     "read_text",
     "rows_from_batches",
+    "same_wordpieces",
     "split_by_hash",
     "stitch_predictions",
     "subsample",
+    "word_ids_array",
 ]

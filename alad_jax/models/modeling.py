@@ -1,15 +1,25 @@
-"""BERT and DistilBERT encoders in Flax NNX (modules only; loading lives in params.py / hub.py).
+"""BERT, DistilBERT and MPNet encoders in Flax NNX (modules only; loading lives in params.py / hub.py).
 
-Both families are the same post-LayerNorm transformer (Devlin et al. 2019;
-Sanh et al. 2019), so they share one module tree:
+The three families are the same post-LayerNorm transformer (Devlin et al. 2019;
+Sanh et al. 2019; Song et al. 2020), so they share one module tree:
 
-    x = LayerNorm(word[ids] + position[0..t) (+ token_type[types]))       embeddings
+    x = LayerNorm(word[ids] + position[pos] (+ token_type[types]))          embeddings
     for each layer:
-        x = LayerNorm(x + Dropout(SelfAttention(x, mask)))                attention_norm
+        x = LayerNorm(x + Dropout(SelfAttention(x, mask, bias)))          attention_norm
         x = LayerNorm(x + Dropout(W_out · act(W_in · x)))                 mlp_norm
 
-DistilBERT has no token-type table and no dropout on the attention output
-projection. Neither family gets a pooler here: only token states are used.
+BERT and DistilBERT use pos = 0..t-1 and no attention bias. DistilBERT has no
+token-type table and no dropout on the attention output projection. MPNet has
+no token types; it numbers positions like RoBERTa (real tokens 2, 3, ..., found
+from `input_ids != 1`; padding 1), and adds to every head's attention scores a
+learned relative position bias,
+
+    scores[h, q, k] += relative_attention_bias[bucket(k - q), h]
+
+where `bucket` is T5's bidirectional log-bucketing (32 buckets, exact up to a
+distance of 8, logarithmic up to 128, clamped beyond), computed once per
+forward and shared by all layers, exactly as transformers' MPNetModel does.
+No family gets a pooler here: only token states are used.
 
 Parameter paths (`nnx.state(encoder, nnx.Param)`; `i` is the layer index, an int
 in the path tuple). Kernels are [in, out]; stable, so sharding rules may match them:
@@ -18,6 +28,7 @@ in the path tuple). Kernels are [in, out]; stable, so sharding rules may match t
     embeddings.position_embeddings.embedding     [max_positions, hidden]
     embeddings.token_type_embeddings.embedding   [type_vocab, hidden]     (BERT only)
     embeddings.norm.{scale,bias}                 [hidden]
+    relative_attention_bias.embedding            [num_buckets, heads]     (MPNet only)
     layers.i.attention.{query,key,value}.kernel  [hidden, hidden]   (out = heads x head_dim)
     layers.i.attention.{query,key,value}.bias    [hidden]
     layers.i.attention.output.kernel             [hidden, hidden]   (in = heads x head_dim)
@@ -35,15 +46,17 @@ of (params, inputs, key) and jits through `nnx.split` / `nnx.merge`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from alad_jax.errors import AladError
-from alad_jax.models.config import EncoderConfig
+from alad_jax.models.config import MPNET_PADDING_IDX, MPNET_POSITION_BUCKETS, EncoderConfig
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range default
 
@@ -95,6 +108,7 @@ class Embeddings(nnx.Module):
     """Word + absolute position (+ token type) embeddings, LayerNorm, dropout."""
 
     def __init__(self, config: EncoderConfig, *, dtype, rngs: nnx.Rngs):
+        self.positions_from_ids = config.model_type == "mpnet"
         self.word_embeddings = _embed(config.vocab_size, config, dtype, rngs)
         self.position_embeddings = _embed(config.max_position_embeddings, config, dtype, rngs)
         self.token_type_embeddings = (
@@ -108,8 +122,17 @@ class Embeddings(nnx.Module):
         x = self.word_embeddings(input_ids)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(jnp.arange(input_ids.shape[1]))[None]
+        x = x + self.position_embeddings(self.position_ids(input_ids))
         return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+    def position_ids(self, input_ids):
+        """int [batch, seq] (or [1, seq] when positions do not depend on the ids)."""
+        if not self.positions_from_ids:
+            return jnp.arange(input_ids.shape[1])[None]
+        # MPNet, as transformers computes it: from the ids, not the attention mask, so a real token's
+        # position never depends on the padding after it; padding itself sits at position 1.
+        real = (input_ids != MPNET_PADDING_IDX).astype(jnp.int32)
+        return jnp.cumsum(real, axis=1) * real + MPNET_PADDING_IDX
 
 
 class SelfAttention(nnx.Module):
@@ -125,14 +148,18 @@ class SelfAttention(nnx.Module):
         self.output = _linear(hidden, hidden, dtype, rngs)
         self.dropout = nnx.Dropout(config.attention_dropout)
 
-    def __call__(self, x, attention_bias, *, deterministic: bool, rngs):
-        """x: [batch, seq, hidden]; attention_bias: float32 [batch, seq] added to key scores."""
+    def __call__(self, x, attention_bias, position_bias=None, *, deterministic: bool, rngs):
+        """x: [batch, seq, hidden]; attention_bias: float32 [batch, seq] added to key scores;
+        position_bias: float32 [heads, seq, seq] added to every row's scores, or None."""
         batch, seq, _ = x.shape
         heads = lambda y: y.reshape(batch, seq, self.num_heads, self.head_dim)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim ** -0.5
         # Softmax in float32 even under bfloat16 compute: masked keys carry finfo.min.
-        scores = scores.astype(jnp.float32) + attention_bias[:, None, None, :]
+        scores = scores.astype(jnp.float32)
+        if position_bias is not None:
+            scores = scores + position_bias[None]
+        scores = scores + attention_bias[:, None, None, :]
         probs = jax.nn.softmax(scores, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic, rngs=rngs).astype(v.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, -1)
@@ -160,14 +187,14 @@ class TransformerLayer(nnx.Module):
         self.mlp = FeedForward(config, dtype=dtype, rngs=rngs)
         self.mlp_norm = _layer_norm(config, dtype, rngs)
         # DistilBERT adds the attention projection to the residual without dropout.
-        attention_output_rate = config.hidden_dropout if config.model_type == "bert" else 0.0
+        attention_output_rate = 0.0 if config.model_type == "distilbert" else config.hidden_dropout
         self.attention_output_dropout = nnx.Dropout(attention_output_rate)
         self.mlp_dropout = nnx.Dropout(config.hidden_dropout)
 
-    def __call__(self, x, attention_bias, *, deterministic: bool, rngs):
+    def __call__(self, x, attention_bias, position_bias=None, *, deterministic: bool, rngs):
         """x: [batch, seq, hidden] -> [batch, seq, hidden]."""
         attention_key, attention_output_key, mlp_key = _split_key(rngs, 3)
-        h = self.attention(x, attention_bias, deterministic=deterministic, rngs=attention_key)
+        h = self.attention(x, attention_bias, position_bias, deterministic=deterministic, rngs=attention_key)
         h = self.attention_output_dropout(h, deterministic=deterministic, rngs=attention_output_key)
         x = self.attention_norm(x + h)
         h = self.mlp_dropout(self.mlp(x), deterministic=deterministic, rngs=mlp_key)
@@ -175,7 +202,7 @@ class TransformerLayer(nnx.Module):
 
 
 class TransformerEncoder(nnx.Module):
-    """Embeddings followed by `num_layers` transformer layers; shared by BERT and DistilBERT."""
+    """Embeddings followed by `num_layers` transformer layers; shared by BERT, DistilBERT and MPNet."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.config = config
@@ -199,8 +226,8 @@ class TransformerEncoder(nnx.Module):
         Args:
           input_ids: int [batch, seq].
           attention_mask: int [batch, seq], 1 for real tokens, 0 for padding.
-          token_type_ids: int [batch, seq] or None (zeros). DistilBERT has no
-            token types and ignores them, so one batch feeds either family.
+          token_type_ids: int [batch, seq] or None (zeros). DistilBERT and MPNet
+            have no token types and ignore them, so one batch feeds any family.
           deterministic: False applies dropout, drawn from `rngs`.
           rngs: a PRNG key, required when `deterministic` is False.
           output_hidden_states: also return the embeddings and every layer's output.
@@ -215,21 +242,27 @@ class TransformerEncoder(nnx.Module):
         chex.assert_equal_shape([input_ids, token_type_ids])
         if not deterministic and rngs is None:
             raise AladError("encoder called with deterministic=False but no PRNG key; pass rngs=key")
-        if input_ids.shape[1] > self.config.max_position_embeddings:
+        if input_ids.shape[1] > self.config.max_length:
             raise AladError(
-                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
-                f"{self.config.max_position_embeddings}; truncate inputs to that length"
+                f"sequence length {input_ids.shape[1]} exceeds the {self.config.max_length} positions of this "
+                f"{self.config.model_type} encoder (max_position_embeddings {self.config.max_position_embeddings}); "
+                "truncate inputs to that length"
             )
 
         embedding_key, *layer_keys = _split_key(rngs, len(self.layers) + 1)
         # Additive mask over keys: 0 where attended, the most negative float32 where padded.
         attention_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(jnp.float32).min)
+        position_bias = self.position_bias(input_ids.shape[1])
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=embedding_key)
         hidden_states = [x]
         for layer, key in zip(self.layers, layer_keys):
-            x = layer(x, attention_bias, deterministic=deterministic, rngs=key)
+            x = layer(x, attention_bias, position_bias, deterministic=deterministic, rngs=key)
             hidden_states.append(x)
         return EncoderOutput(x, tuple(hidden_states) if output_hidden_states else None)
+
+    def position_bias(self, seq: int) -> jax.Array | None:
+        """float32 [heads, seq, seq] added to every layer's attention scores; None: absolute positions only."""
+        return None
 
 
 class BertEncoder(TransformerEncoder):
@@ -240,9 +273,58 @@ class DistilBertEncoder(TransformerEncoder):
     """DistilBERT: like BERT without token types or attention-output dropout."""
 
 
+def relative_position_bucket(
+    relative_position: np.ndarray, num_buckets: int = MPNET_POSITION_BUCKETS, max_distance: int = 128
+) -> np.ndarray:
+    """T5's bidirectional bucket of each relative position (key - query), as transformers' MPNet computes it.
+
+    Half the buckets hold keys before the query, half keys at or after it; in
+    each half, distances below num_buckets // 4 get a bucket each and longer ones
+    share logarithmically wider buckets up to `max_distance`, beyond which all
+    fall in the last. Computed in float32 with torch's order of operations, so
+    distances at a bucket boundary round as they do there.
+
+    Args: relative_position: int array of any shape.
+    Returns: int32 array of the same shape, values in [0, num_buckets).
+    """
+    n = -np.asarray(relative_position, np.int64)
+    half = num_buckets // 2
+    bucket = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    max_exact = half // 2
+    # n >= 1 in the log: distances below max_exact take the exact branch and must not hit log(0).
+    scaled = (
+        np.log(np.maximum(n, 1).astype(np.float32) / np.float32(max_exact))
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(half - max_exact)
+    )
+    large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
+    return (bucket + np.where(n < max_exact, n, large)).astype(np.int32)
+
+
+class MPNetEncoder(TransformerEncoder):
+    """MPNet: RoBERTa-style positions, no token types, a relative position bias shared by all layers."""
+
+    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(config, rngs=rngs, dtype=dtype)
+        self.relative_attention_bias = nnx.Embed(
+            config.relative_attention_num_buckets, config.num_heads, dtype=dtype, param_dtype=jnp.float32,
+            embedding_init=_INIT, rngs=rngs,
+        )
+
+    def position_bias(self, seq: int) -> jax.Array:
+        # Buckets depend only on the static length: a constant of the compiled program, the same on every backend.
+        positions = np.arange(seq)
+        buckets = relative_position_bucket(positions[None, :] - positions[:, None])  # [query, key]
+        bias = self.relative_attention_bias(jnp.asarray(buckets))  # [query, key, heads]
+        return jnp.transpose(bias, (2, 0, 1)).astype(jnp.float32)
+
+
+_ENCODERS = {"bert": BertEncoder, "distilbert": DistilBertEncoder, "mpnet": MPNetEncoder}
+
+
 def build_encoder(
     config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32
-) -> BertEncoder | DistilBertEncoder:
+) -> BertEncoder | DistilBertEncoder | MPNetEncoder:
     """A randomly initialised encoder for `config`; params float32, `dtype` = compute dtype."""
-    cls = BertEncoder if config.model_type == "bert" else DistilBertEncoder
-    return cls(config, rngs=rngs, dtype=dtype)
+    return _ENCODERS[config.model_type](config, rngs=rngs, dtype=dtype)

@@ -6,7 +6,7 @@ Each rule is one tensor pattern (`{i}` = layer index) in three spellings:
   (nn.Linear weight is [out, in], nn.Embedding/LayerNorm `weight`);
 - `flax`: the old transformers Flax layout of `flax_model.msgpack` (nested
   dicts joined with "."; Dense `kernel` is [in, out], Embed `embedding`,
-  LayerNorm `scale`);
+  LayerNorm `scale`); None for MPNet, which transformers never shipped in Flax;
 - `ours`: the path in our nnx module (see modeling.py), kernels [in, out].
 
 `transpose` says whether the torch tensor is transposed on the way to ours
@@ -14,9 +14,10 @@ Each rule is one tensor pattern (`{i}` = layer index) in three spellings:
 same table, so what we save is what we load.
 
 Accepted beyond the table, and listed as ignored rather than unexpected:
-a base-model prefix ("bert." / "distilbert.", from *ForTokenClassification
-and friends) whose sibling tensors are task heads; the BERT pooler; the
-`position_ids` / `token_type_ids` buffers old transformers versions saved.
+a base-model prefix ("bert." / "distilbert." / "mpnet.", from
+*ForTokenClassification and friends) whose sibling tensors are task heads; the
+BERT / MPNet pooler; the `position_ids` / `token_type_ids` buffers old
+transformers versions saved.
 Legacy `LayerNorm.gamma` / `LayerNorm.beta` names read as `weight` / `bias`.
 """
 
@@ -41,7 +42,7 @@ Path = tuple[str | int, ...]
 
 class Rule(NamedTuple):
     torch: str
-    flax: str
+    flax: str | None
     ours: str
     transpose: bool
 
@@ -95,13 +96,40 @@ _DISTILBERT_RULES = (
     Rule("transformer.layer.{i}.output_layer_norm.bias",     "transformer.layer.{i}.output_layer_norm.bias",     "layers.{i}.mlp_norm.bias", False),
 )
 
-RULES = {"bert": _BERT_RULES, "distilbert": _DISTILBERT_RULES}
+_MPNET_RULES = (
+    #    torch (model.safetensors)                             flax  ours                                         transpose
+    Rule("embeddings.word_embeddings.weight",                  None, "embeddings.word_embeddings.embedding",      False),
+    Rule("embeddings.position_embeddings.weight",              None, "embeddings.position_embeddings.embedding",  False),
+    Rule("embeddings.LayerNorm.weight",                        None, "embeddings.norm.scale",                     False),
+    Rule("embeddings.LayerNorm.bias",                          None, "embeddings.norm.bias",                      False),
+    # [num_buckets, heads] in both: an nn.Embedding, one bias per (bucket, head), not transposed.
+    Rule("encoder.relative_attention_bias.weight",             None, "relative_attention_bias.embedding",         False),
+    Rule("encoder.layer.{i}.attention.attn.q.weight",          None, "layers.{i}.attention.query.kernel",         True),
+    Rule("encoder.layer.{i}.attention.attn.q.bias",            None, "layers.{i}.attention.query.bias",           False),
+    Rule("encoder.layer.{i}.attention.attn.k.weight",          None, "layers.{i}.attention.key.kernel",           True),
+    Rule("encoder.layer.{i}.attention.attn.k.bias",            None, "layers.{i}.attention.key.bias",             False),
+    Rule("encoder.layer.{i}.attention.attn.v.weight",          None, "layers.{i}.attention.value.kernel",         True),
+    Rule("encoder.layer.{i}.attention.attn.v.bias",            None, "layers.{i}.attention.value.bias",           False),
+    Rule("encoder.layer.{i}.attention.attn.o.weight",          None, "layers.{i}.attention.output.kernel",        True),
+    Rule("encoder.layer.{i}.attention.attn.o.bias",            None, "layers.{i}.attention.output.bias",          False),
+    Rule("encoder.layer.{i}.attention.LayerNorm.weight",       None, "layers.{i}.attention_norm.scale",           False),
+    Rule("encoder.layer.{i}.attention.LayerNorm.bias",         None, "layers.{i}.attention_norm.bias",            False),
+    Rule("encoder.layer.{i}.intermediate.dense.weight",        None, "layers.{i}.mlp.intermediate.kernel",        True),
+    Rule("encoder.layer.{i}.intermediate.dense.bias",          None, "layers.{i}.mlp.intermediate.bias",          False),
+    Rule("encoder.layer.{i}.output.dense.weight",              None, "layers.{i}.mlp.output.kernel",              True),
+    Rule("encoder.layer.{i}.output.dense.bias",                None, "layers.{i}.mlp.output.bias",                False),
+    Rule("encoder.layer.{i}.output.LayerNorm.weight",          None, "layers.{i}.mlp_norm.scale",                 False),
+    Rule("encoder.layer.{i}.output.LayerNorm.bias",            None, "layers.{i}.mlp_norm.bias",                  False),
+)
+
+RULES = {"bert": _BERT_RULES, "distilbert": _DISTILBERT_RULES, "mpnet": _MPNET_RULES}
 # transformers' base_model_prefix: task models nest the encoder under it.
-PREFIXES = {"bert": "bert.", "distilbert": "distilbert."}
+PREFIXES = {"bert": "bert.", "distilbert": "distilbert.", "mpnet": "mpnet."}
 # Encoder-level tensors we do not model: the pooler and saved index buffers.
 _IGNORED = {
     "bert": re.compile(r"pooler\..*|embeddings\.position_ids|embeddings\.token_type_ids"),
     "distilbert": re.compile(r"embeddings\.position_ids"),
+    "mpnet": re.compile(r"pooler\..*|embeddings\.position_ids"),
 }
 _LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
 LAYOUTS = ("torch", "flax")
@@ -169,6 +197,11 @@ def hf_to_params(
     """
     if layout not in LAYOUTS:
         raise AladError(f"unknown checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+    if layout == "flax" and any(rule.flax is None for rule in RULES[config.model_type]):
+        raise AladError(
+            f"{source}: a {config.model_type} checkpoint in the Flax layout is not supported "
+            "(transformers never had Flax weights for it); use model.safetensors"
+        )
     prefix = PREFIXES[config.model_type]
     has_prefix = any(name.startswith(prefix) for name in tensors)
     ignored, encoder_names = [], {}
