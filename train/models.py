@@ -1,9 +1,8 @@
-"""The composite models the stages train, and their pure loss and forward functions.
+"""What the stages train: parameter filters, pure losses, and the alignment model.
 
-``TaskModel`` is encoder -> (AlAd) -> head: the teacher and the student
-baselines have no adapter; the ``alad_*`` rows have one. Which parts move in a
-stage is the loop's parameter filter (:data:`TRAINABLE`); which parts apply
-dropout is fixed here: a frozen part runs deterministically.
+The task model itself (encoder -> optional AlAd -> head) and its jitted
+forwards live in the library (:mod:`alad_jax.models.task_model`); which parts
+move in a stage is the loop's parameter filter (:data:`TRAINABLE`).
 ``AlignModel`` is student -> AlAd against a frozen teacher (stages 1-2
 without the feature cache).
 """
@@ -18,6 +17,7 @@ import optax
 from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum
+from alad_jax.models.task_model import TaskModel, hidden_states, predict_spans, predict_tags  # noqa: F401 (re-export)
 
 IGNORE_INDEX = -100
 
@@ -39,40 +39,6 @@ TRAINABLE = {
     "noalign_frozen": _param_filter("adapter", "head"),
     "joint": _param_filter(),
 }
-
-
-class TaskModel(nnx.Module):
-    """encoder -> optional AlAd -> task head (tagging logits or QA start/end logits)."""
-
-    def __init__(self, encoder: nnx.Module, head: nnx.Module, adapter: AlignmentAdapter | None = None, *,
-                 train_encoder: bool = True):
-        self.encoder = encoder
-        self.adapter = adapter
-        self.head = head
-        self.train_encoder = train_encoder
-
-    def hidden(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None) -> jax.Array:
-        """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's.
-
-        A frozen encoder's output may come precomputed in ``batch["encoder_hidden"]``
-        ([batch, seq, D], from the feature cache); it is then not run.
-        """
-        if "encoder_hidden" in batch and not self.train_encoder:
-            out = batch["encoder_hidden"].astype(jnp.float32)
-        else:
-            enc_key = None if key is None else jax.random.fold_in(key, 0)
-            out = self.encoder(
-                batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                deterministic=deterministic or not self.train_encoder, rngs=enc_key,
-            ).last_hidden_state
-        if self.adapter is not None:
-            out = self.adapter(out, batch["attention_mask"])
-        return out
-
-    def __call__(self, batch: dict, *, deterministic: bool = True, key: jax.Array | None = None):
-        hidden = self.hidden(batch, deterministic=deterministic, key=key)
-        head_key = None if key is None else jax.random.fold_in(key, 1)
-        return self.head(hidden, deterministic=deterministic, rngs=head_key)
 
 
 class AlignModel(nnx.Module):
@@ -130,25 +96,6 @@ def cached_align_loss(adapter: AlignmentAdapter, batch: dict, key: jax.Array):
     target = batch["teacher_hidden"].astype(jnp.float32)
     total, count = token_cosine_sum(pred, target, mask)
     return align_mse(pred, target, mask), {"cosine": total / jnp.maximum(count, 1)}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def predict_tags(graphdef, state, batch):
-    """Arg-max label ids [batch, seq]."""
-    return jnp.argmax(nnx.merge(graphdef, state)(batch), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def predict_spans(graphdef, state, batch):
-    """QA (start_logits, end_logits), each [batch, seq], float32."""
-    start, end = nnx.merge(graphdef, state)(batch)
-    return start.astype(jnp.float32), end.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def hidden_states(graphdef, state, batch):
-    """Representations a TaskModel feeds its head, [batch, seq, D]."""
-    return nnx.merge(graphdef, state).hidden(batch)
 
 
 @functools.partial(jax.jit, static_argnums=0)

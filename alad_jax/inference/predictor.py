@@ -41,7 +41,7 @@ from alad_jax.data import batching, readers, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import hub
 from alad_jax.models.heads import QAHead, TaggingHead
-from train.models import TaskModel
+from alad_jax.models.task_model import TaskModel, predict_spans
 
 FORMAT = "alad-aligned-model"
 VERSION = 1
@@ -427,7 +427,6 @@ class QAPredictor:
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
         """One answer per (question, context) pair; "" means unanswerable."""
         from alad_jax.data import qa
-        from train.models import predict_spans
 
         if len(questions) != len(contexts) or not questions:
             raise AladError(f"alad predict: give as many --question as --context ({len(questions)} vs "
