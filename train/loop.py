@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from alad_jax import sharding
 from alad_jax.config import OptimConfig, StageConfig
+from alad_jax.errors import AladError
 
 Batch = dict[str, np.ndarray]
 LOG_EVERY = 10  # steps between scalar logs (loss, tokens/s, device memory)
@@ -84,6 +85,14 @@ def improves(score: float, best: float | None, higher_is_better: bool, min_delta
     return score - best > min_delta if higher_is_better else best - score > min_delta
 
 
+def _key_name(key) -> str:
+    """One path element of a pytree key path as plain text (dict key, attribute or index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
 def count_params(state: nnx.State) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state)))
 
@@ -103,21 +112,33 @@ def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransfor
 
 
 class _Checkpoints:
-    """Orbax checkpoints of (trainable, opt_state, best) plus JSON progress."""
+    """Orbax checkpoints of named state ``{"trainable", "opt_state", "best"}`` plus JSON progress.
+
+    Every array is stored under its pytree path (``trainable/encoder/layers/0/attention/query/kernel``),
+    so a restore matches tensors by name: a change of tree order can never swap two
+    same-shaped tensors, and a renamed or missing tensor is an error naming it.
+    """
+
+    PARTS = ("trainable", "opt_state", "best")
 
     def __init__(self, directory: Path):
         self.manager = ocp.CheckpointManager(
             directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         )
 
-    @staticmethod
-    def _as_dict(tree) -> dict[str, jax.Array]:
-        return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
+    @classmethod
+    def _named(cls, tree) -> dict[str, Any]:
+        """``(trainable, opt_state, best)`` -> one flat dict keyed by each leaf's path."""
+        out = {}
+        for part, subtree in zip(cls.PARTS, tree):
+            for path, leaf in jax.tree_util.tree_flatten_with_path(subtree)[0]:
+                out["/".join([part, *(_key_name(k) for k in path)])] = leaf
+        return out
 
     def save(self, step: int, tree, meta: dict) -> None:
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(self._as_dict(tree)), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(self._named(tree)), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
         self.manager.wait_until_finished()
@@ -126,16 +147,20 @@ class _Checkpoints:
         step = self.manager.latest_step()
         if step is None:
             return None
-        leaves, treedef = jax.tree_util.tree_flatten(like)
-        abstract = {
-            f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-            for i, x in enumerate(leaves)
-        }
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
-        values = [restored.state[f"{i:05d}"] for i in range(len(leaves))]
-        return jax.tree_util.tree_unflatten(treedef, values), restored.meta
+        named = self._named(like)
+        abstract = {name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+                    for name, x in named.items()}
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
+            flat = [restored.state[name] for name in named]
+        except (KeyError, ValueError) as e:
+            raise AladError(
+                f"checkpoint {self.manager.directory / str(step)} does not match this stage's state ({e}); "
+                f"delete that directory to restart the stage"
+            ) from None
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), flat), restored.meta
 
     def close(self) -> None:
         self.manager.close()
