@@ -100,8 +100,8 @@ class StagesConfig:
     # epochs are the expensive ones). min_delta 0.001 = 0.1 metric points.
     teacher: StageConfig = _stage(epochs=8, lr=2e-4, weight_decay=0.01, batch_size=16, warmup_fraction=0.1,
                                   schedule="linear", patience=1, min_delta=0.001)
-    align: StageConfig = _stage(epochs=10, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
-    continual: StageConfig = _stage(epochs=20, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
+    align: StageConfig = _stage(epochs=4, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
+    continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
     head: StageConfig = _stage(epochs=40, lr=1e-3, weight_decay=0.0, min_delta=0.001)
     frozen: StageConfig = _stage(epochs=20, lr=1e-4, weight_decay=0.01, min_delta=0.001)
     joint: StageConfig = _stage(epochs=15, lr=1e-4, weight_decay=0.01, patience=1, min_delta=0.001)
