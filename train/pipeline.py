@@ -150,7 +150,8 @@ class Pipeline:
             return self.progress[name]
         started = time.perf_counter()
         result = run()
-        result["wall_seconds"] = round(time.perf_counter() - started, 2)  # training + evaluation + saving
+        # Training + evaluation + saving, and the training an interrupted session did before this one.
+        result["wall_seconds"] = round(time.perf_counter() - started + result.pop("resumed_seconds", 0.0), 2)
         self.progress[name] = result
         if sharding.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
@@ -312,7 +313,7 @@ class Pipeline:
             "dev_metrics": dev_metrics, "test_metrics": test_metrics,
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1),
-            "history": result.history,
+            "history": result.history, "resumed_seconds": result.resumed_seconds,
         }
         return _jsonable(row), best
 
@@ -376,7 +377,7 @@ class Pipeline:
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1), "cached": cfg.cache_features,
             "train_rows": len(train_rows.input_ids), "val_rows": len(val_rows.input_ids),
-            "history": result.history,
+            "history": result.history, "resumed_seconds": result.resumed_seconds,
         })
 
     # -- measurements ----------------------------------------------------------------------------
