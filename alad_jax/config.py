@@ -83,7 +83,7 @@ def _stage(**kw) -> Any:
 
 @dataclasses.dataclass
 class StagesConfig:
-    """Every stage and case of the pipeline, by name (DESIGN.md section 1)."""
+    """Every stage and case of the pipeline, by name (docs/method.md, section 2)."""
 
     teacher: StageConfig = _stage(epochs=2, lr=1e-4, weight_decay=0.01)
     align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)

