@@ -203,6 +203,8 @@ def test_launch_copies_the_config_to_every_worker_then_starts_the_run_on_all(cap
     assert commands[2][:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "alad-test", "--zone=us-central2-b",
                                "--worker=all"]
     assert "--config configs-remote/ner.toml --workdir runs/tpu seed=1" in commands[2][-1]
+    restart, _ = TPU.commands_for(["launch", *COMMON, "--workdir", "runs/ner", "--restart"])
+    assert ".venv/bin/alad run --workdir runs/ner --restart >" in restart[-1][-1]
 
 
 def test_logs_fetch_stop_start_delete_dry_runs_print_their_gcloud_commands(capsys):

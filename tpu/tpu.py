@@ -214,6 +214,8 @@ def launch_commands(args) -> list[list[str]]:
         )
         run += ["--config", remote_config]
     run += ["--workdir", _check_remote_path("workdir", args.workdir)]
+    if args.restart:
+        run.append("--restart")
     for override in args.overrides:
         key, sep, _ = override.partition("=")
         if not sep or not _OVERRIDE_KEY.fullmatch(key):
@@ -288,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "launch":
             sub.add_argument("--config", default=None, help="local config file, copied to every worker")
             sub.add_argument("--workdir", default="runs/tpu", help="work directory, relative to the checkout")
+            sub.add_argument("--restart", action="store_true",
+                             help="delete the work directory's run outputs and start over (alad run --restart)")
             sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for `alad run`")
         if name == "logs":
             sub.add_argument("--worker", type=int, default=0, help="worker index (0 = primary)")
