@@ -1,6 +1,6 @@
 """The ``alad`` command.
 
-    alad run [--config FILE] [--workdir DIR] [KEY=VALUE ...]
+    alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
     alad predict --model DIR (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
     alad bench [KEY=VALUE ...]
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (stages 0-3, baselines, ablation) into a work directory")
     run.add_argument("--config", help="TOML config file (see configs/); default: the embedded POS experiment")
     run.add_argument("--workdir", help="output directory (default: runs/<config name>); re-running resumes")
+    run.add_argument("--restart", action="store_true",
+                     help="delete the work directory's run outputs (not its feature cache) and start over")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
 
     compress = sub.add_parser("compress", help="make a compressed student checkpoint")
@@ -77,7 +79,7 @@ def _run(args) -> int:
     config = load_config(args.config, args.overrides)
     name = Path(args.config).stem if args.config else "default"
     workdir = Path(args.workdir or Path("runs") / name)
-    results = pipeline.run(config, workdir)
+    results = pipeline.run(config, workdir, restart=args.restart)
     if sharding.is_primary():
         print(f"results: {workdir / 'results.md'} ({len(results['rows'])} rows)")
     return 0

@@ -91,7 +91,7 @@ def _stage(**kw) -> Any:
 
 @dataclasses.dataclass
 class StagesConfig:
-    """Every stage and case of the pipeline, by name (DESIGN.md section 1)."""
+    """Every stage and case of the pipeline, by name (docs/method.md, section 2)."""
 
     # Caps (epochs) are generous: rows stop on their dev plateau. The teacher trains in small
     # batches with warmup and linear decay (it must end as the ceiling); the linear probe and the

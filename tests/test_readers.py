@@ -123,6 +123,15 @@ def test_conll_unknown_scheme_lists_the_valid_ones():
         read_conll(FIXTURES / "iob1.conll", scheme="BILOU")
 
 
+def test_conll_tab_separated_words_may_hold_spaces_and_space_separated_files_still_read(tmp_path):
+    tabbed = write(tmp_path, "tabbed.conll", "com\tADP\n100 000\tNUM\n pessoas \t NOUN \n")
+    assert read_conll(tabbed, scheme="none")[0].words == ("com", "100 000", "pessoas")
+    assert read_conll(tabbed, scheme="none")[0].tags == ("ADP", "NUM", "NOUN")
+    spaced = write(tmp_path, "spaced.conll", "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    (sentence,) = read_conll(spaced)
+    assert sentence.words == ("EU", "rejects") and sentence.tags == ("B-ORG", "O")
+
+
 def test_missing_file_and_bad_encoding_are_named(tmp_path):
     with pytest.raises(AladError, match=r"nope.conll: file not found"):
         read_conll(tmp_path / "nope.conll")

@@ -6,7 +6,8 @@
     python tpu/tpu.py launch --name alad --zone us-central2-b --config configs/ner_wnut16.toml seed=1
     python tpu/tpu.py logs   --name alad --zone us-central2-b
     python tpu/tpu.py fetch  --name alad --zone us-central2-b --dest results/
-    python tpu/tpu.py stop   --name alad --zone us-central2-b
+    python tpu/tpu.py stop   --name alad --zone us-central2-b [--vm]
+    python tpu/tpu.py start  --name alad --zone us-central2-b          # after stop --vm
     python tpu/tpu.py delete --name alad --zone us-central2-b
 
 Every subcommand builds the exact ``gcloud`` command lines and runs them in
@@ -18,7 +19,9 @@ shell, with every user-given value quoted. Needs the Google Cloud SDK
 ``launch`` starts ``alad run`` on all workers at once with
 ``ALAD_DISTRIBUTED=auto``, so ``alad_jax.sharding.initialize_distributed()``
 calls ``jax.distributed.initialize()``, which finds the other workers of the
-slice by itself.
+slice by itself. It records the run's pid in ``alad-jax/alad-run.pid`` and
+refuses to start a second run while that one is alive; ``stop`` kills the
+recorded run's process group and says what it stopped, or that nothing ran.
 """
 
 from __future__ import annotations
@@ -53,7 +56,59 @@ RUNTIME_VERSIONS = {
 
 REMOTE_DIR = "alad-jax"  # relative to the login user's home on every worker
 RUN_LOG = "alad-run.log"  # inside REMOTE_DIR
-RUN_PID = "alad-run.pid"
+RUN_PID = "alad-run.pid"  # inside REMOTE_DIR: the pid of the detached `alad run`, also its process group id
+
+# A session id is alive while one of its processes is not a zombie (an orphan killed on a machine
+# whose init is slow to reap stays listed as 'Z'). `setsid` makes the run's pid its session and
+# process group id.
+_ALIVE = "alive() { ps -o stat= -s \"$1\" 2>/dev/null | grep -q '^ *[^Z ]'; }"
+
+
+def launch_script(run: list[str]) -> str:
+    """The worker-side shell command that starts ``run`` detached, once.
+
+    Refuses (exit 1) while the run recorded in ``RUN_PID`` is alive. The
+    detached process writes its own pid before it becomes ``alad run``
+    (``exec``), so the file names the real run, not a wrapper shell, and it
+    lands in ``REMOTE_DIR`` where ``stop`` looks. Every statement runs in the
+    login shell itself: a trailing ``&`` applies to one command only.
+    """
+    directory, pid, log = shlex.quote(REMOTE_DIR), shlex.quote(RUN_PID), shlex.quote(RUN_LOG)
+    # "$0" "$@" hand the argument list through unchanged: no second round of quoting.
+    detached = shlex.quote(f'echo $$ > {pid} && exec "$0" "$@"')
+    return (
+        f"cd {directory} || exit 1; {_ALIVE}; "
+        f"if test -s {pid} && alive \"$(cat {pid})\"; then "
+        f"echo \"$(hostname): a run is already alive (process group $(cat {pid})); "
+        f"stop it first: python tpu/tpu.py stop\" >&2; exit 1; fi; "
+        f"rm -f {pid}; "
+        # Every worker joins the same jax.distributed job; setsid + nohup keep the run alive after ssh returns.
+        f"ALAD_DISTRIBUTED=auto setsid nohup sh -c {detached} {shlex.join(run)} > {log} 2>&1 < /dev/null & "
+        f"i=0; while ! test -s {pid} && test $i -lt 100; do sleep 0.1; i=$((i + 1)); done; "
+        f"echo \"$(hostname): started alad run (process group $(cat {pid})), log {REMOTE_DIR}/{RUN_LOG}\""
+    )
+
+
+def stop_script() -> str:
+    """The worker-side shell command that stops the recorded run and says what it did.
+
+    SIGTERM to the run's process group, SIGKILL after 10 s if it is still
+    there; when nothing is running it says so (exit 0).
+    """
+    directory, pid = shlex.quote(REMOTE_DIR), shlex.quote(RUN_PID)
+    return (
+        f"cd {directory} || exit 1; {_ALIVE}; "
+        f"if ! test -s {pid}; then echo \"$(hostname): no run to stop (no {REMOTE_DIR}/{RUN_PID})\"; exit 0; fi; "
+        f"p=$(cat {pid}); "
+        f"if ! alive \"$p\"; then rm -f {pid}; "
+        f"echo \"$(hostname): no run to stop (process group $p has already ended)\"; exit 0; fi; "
+        # "-$p": the whole process group (dash's kill takes no "--").
+        f"kill -TERM \"-$p\"; "
+        f"i=0; while alive \"$p\" && test $i -lt 100; do sleep 0.1; i=$((i + 1)); done; "
+        f"if alive \"$p\"; then kill -KILL \"-$p\"; sleep 1; fi; "
+        f"if alive \"$p\"; then echo \"$(hostname): could not stop process group $p\" >&2; exit 1; fi; "
+        f"rm -f {pid}; echo \"$(hostname): stopped alad run (process group $p)\""
+    )
 
 
 class UsageError(Exception):
@@ -159,18 +214,14 @@ def launch_commands(args) -> list[list[str]]:
         )
         run += ["--config", remote_config]
     run += ["--workdir", _check_remote_path("workdir", args.workdir)]
+    if args.restart:
+        run.append("--restart")
     for override in args.overrides:
         key, sep, _ = override.partition("=")
         if not sep or not _OVERRIDE_KEY.fullmatch(key):
             raise UsageError(f"override {override!r} is not KEY=VALUE with a dotted config key, e.g. seed=1")
         run.append(override)
-    remote = (
-        f"cd {shlex.quote(REMOTE_DIR)} && "
-        # Every worker joins the same jax.distributed job; setsid + nohup keep the run alive after ssh returns.
-        f"ALAD_DISTRIBUTED=auto setsid nohup {shlex.join(run)} > {RUN_LOG} 2>&1 < /dev/null & "
-        f"echo $! > {RUN_PID}"
-    )
-    commands.append(_ssh(args, "all", remote))
+    commands.append(_ssh(args, "all", launch_script(run)))
     return commands
 
 
@@ -193,12 +244,15 @@ def fetch_commands(args) -> list[list[str]]:
 
 def stop_commands(args) -> list[list[str]]:
     """Stop the training run on every worker (its whole process group); with --vm, stop the TPU VM too."""
-    pid_file = f"{shlex.quote(REMOTE_DIR)}/{RUN_PID}"
-    remote = f"if test -f {pid_file}; then kill -TERM -- -$(cat {pid_file}) || true; rm -f {pid_file}; fi"
-    commands = [_ssh(args, "all", remote)]
+    commands = [_ssh(args, "all", stop_script())]
     if args.vm:
         commands.append(_gcloud(args, "stop", args.name))
     return commands
+
+
+def start_commands(args) -> list[list[str]]:
+    """Start a TPU VM stopped by ``stop --vm`` (its disks, checkout and work directories are kept)."""
+    return [_gcloud(args, "start", args.name)]
 
 
 def delete_commands(args) -> list[list[str]]:
@@ -212,6 +266,7 @@ SUBCOMMANDS = {
     "logs": (logs_commands, "stream the run's log from one worker"),
     "fetch": (fetch_commands, "copy the work directory back from worker 0"),
     "stop": (stop_commands, "stop the run (and with --vm the TPU VM)"),
+    "start": (start_commands, "start a TPU VM stopped by `stop --vm`"),
     "delete": (delete_commands, "delete the TPU VM"),
 }
 
@@ -235,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "launch":
             sub.add_argument("--config", default=None, help="local config file, copied to every worker")
             sub.add_argument("--workdir", default="runs/tpu", help="work directory, relative to the checkout")
+            sub.add_argument("--restart", action="store_true",
+                             help="delete the work directory's run outputs and start over (alad run --restart)")
             sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for `alad run`")
         if name == "logs":
             sub.add_argument("--worker", type=int, default=0, help="worker index (0 = primary)")

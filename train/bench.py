@@ -59,6 +59,7 @@ LATENCY_BATCHES = (1, 32)
 WINDOWS = (1, 3, 5)
 EPOCHS = 10  # stage 2 of the paper
 MFU_BATCH = (32, 128)  # 4096 tokens: the stages' token budget
+# Aspirations for the implementation's speed (reported as reached or not, never enforced).
 TARGETS = {"stage2_10epoch_speedup": 5.0, "adapter_step_mfu": 0.5, "alad_w3_b32_latency_overhead": 1.3}
 
 
@@ -298,8 +299,8 @@ def _adapter_step(cfg: Config, student_dim: int, teacher_dim: int, effort: Effor
 
 def _require_torch() -> None:
     if importlib.util.find_spec("torch") is None:
-        raise AladError("alad bench --vs-torch needs PyTorch, which is not installed; pip install alad-jax[torch] "
-                        "(or drop --vs-torch)")
+        raise AladError("alad bench --vs-torch needs PyTorch, which is not installed; install it with "
+                        "`bash scripts/setup.sh torch` (or drop --vs-torch)")
 
 
 def _torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: list[dict], num_labels: int,
@@ -444,9 +445,14 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         "peak_rss_mb": peak_rss_mb,
         "analytic": analytic,
         "targets": {
-            "stage2_10epoch_speedup>=5": uncached_10 / cached_10 >= TARGETS["stage2_10epoch_speedup"],
-            "adapter_step_mfu>=0.5": mfu >= TARGETS["adapter_step_mfu"],
-            "alad_w3_b32_latency_overhead<=1.3": overhead["alad_w3"]["b32"] <= TARGETS["alad_w3_b32_latency_overhead"],
+            "meaning": "aspirations this project set for its speed, not checks: false = not reached on this "
+                       "machine (nothing fails)",
+            "reached": {
+                "stage2_10epoch_speedup>=5": uncached_10 / cached_10 >= TARGETS["stage2_10epoch_speedup"],
+                "adapter_step_mfu>=0.5": mfu >= TARGETS["adapter_step_mfu"],
+                "alad_w3_b32_latency_overhead<=1.3":
+                    overhead["alad_w3"]["b32"] <= TARGETS["alad_w3_b32_latency_overhead"],
+            },
         },
         "notes": [
             f"stage 2: one timed epoch of each path over the embedded default's {stage2['rows']} task-text rows "

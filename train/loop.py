@@ -61,6 +61,7 @@ class FitResult:
     seconds: float
     trainable_params: int
     tokens_per_s: float
+    resumed_seconds: float = 0.0  # of ``seconds``, trained by an earlier, interrupted session
 
 
 def make_optimizer(stage: StageConfig, optim: OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -220,7 +221,8 @@ def fit(
         meta.update(saved_meta)
     base_key = jax.random.key(seed)
     step = last_saved = meta["step"]
-    started = time.perf_counter() - meta["seconds"]
+    resumed_seconds = meta["seconds"]
+    started = time.perf_counter() - resumed_seconds
     pending_losses: list[jax.Array] = []  # device scalars, fetched only when needed (no per-step sync)
 
     def flush_losses() -> None:
@@ -300,4 +302,5 @@ def fit(
         seconds=float(seconds),
         trainable_params=count_params(trainable),
         tokens_per_s=meta["tokens"] / max(seconds, 1e-9),
+        resumed_seconds=float(resumed_seconds),
     )

@@ -28,7 +28,7 @@ def _param_filter(*parts: str):
     return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p) for p in parts)))
 
 
-# What each stage or case trains (DESIGN.md section 1, stage 3 cases and baselines).
+# What each stage or case trains (docs/method.md, section 2: stage 3 cases and baselines).
 TRAINABLE = {
     "teacher": _param_filter(),
     "teacher_head": _param_filter("head"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Callable
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
 from alad_jax import sharding
@@ -36,6 +39,7 @@ from alad_jax.models import compress, hub
 from train import models, report, tasks
 from train.loop import Objective, fit
 from train.models import TRAINABLE, TaskModel
+from train.preflight import preflight
 
 # Cases whose encoder is the frozen student: they can read its cached output.
 FROZEN_STUDENT_CASES = frozenset({"probe", "head", "frozen", "noalign_frozen"})
@@ -61,23 +65,70 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_workdir(workdir: Path, cfg: Config) -> Path:
-    """Create ``workdir`` and pin its config; a different config in an existing run is refused."""
+# What a run writes into its work directory; `--restart` removes these (cache/ is keyed by content: kept).
+RUN_OUTPUTS = ("config.toml", "progress.json", "results.json", "results.md", "checkpoints", "models", "adapters",
+               "plots", "tensorboard")
+
+
+def _has_started(workdir: Path) -> bool:
+    """Whether a stage has finished (progress.json) or written a checkpoint: work a new config would discard."""
+    checkpoints = workdir / "checkpoints"
+    return (workdir / "progress.json").is_file() or (
+        checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*")))
+
+
+def clear_run(workdir: Path) -> None:
+    """Delete a run's outputs (RUN_OUTPUTS only: nothing else in ``workdir`` is touched)."""
+    for name in RUN_OUTPUTS:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def prepare_workdir(workdir: Path, cfg: Config, *, restart: bool = False) -> Path:
+    """Create ``workdir`` and pin its config.
+
+    A different config in a run that has started (a finished stage or a
+    checkpoint) is refused, naming the fixes; in one that never started (it
+    failed at start-up) it is replaced. ``restart`` first deletes the run's
+    outputs.
+    """
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise AladError(f"--workdir {workdir} is a file; give a directory")
+    if restart and sharding.is_primary():
+        clear_run(workdir)
+    if restart and jax.process_count() > 1:  # no host reads the old progress while the primary deletes it
+        multihost_utils.sync_global_devices("alad-restart")
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.toml"
     text = dump_toml(cfg)
-    if config_path.is_file():
-        if config_path.read_text(encoding="utf-8") != text:
+    old = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    if old is not None and old != text:
+        if _has_started(workdir):
             raise AladError(
-                f"{config_path} holds a different config; re-run with the same config and overrides to resume, "
+                f"{config_path} holds a different config ({_first_difference(old, text)}); to resume, re-run with "
+                f"the same config and overrides; to start over, add --restart (deletes this run's outputs); "
                 f"or pick a new --workdir"
             )
-    elif sharding.is_primary():
+        if sharding.is_primary():
+            print(f"{workdir}: replacing the config of a run that never finished a stage", file=sys.stderr)
+            # A student truncated for the old config would be reused as is: it goes with it.
+            shutil.rmtree(workdir / "models" / "student", ignore_errors=True)
+            _atomic_write(config_path, text)
+    elif old is None and sharding.is_primary():
         _atomic_write(config_path, text)
     return workdir
+
+
+def _first_difference(old: str, new: str) -> str:
+    """``'seed = 0' there, 'seed = 5' now``: the first line of the resolved TOML that differs."""
+    for line_old, line_new in zip(old.splitlines(), new.splitlines()):
+        if line_old != line_new:
+            return f"{line_old!r} there, {line_new!r} now"
+    return "a different number of keys"
 
 
 class Pipeline:
@@ -99,7 +150,8 @@ class Pipeline:
             return self.progress[name]
         started = time.perf_counter()
         result = run()
-        result["wall_seconds"] = round(time.perf_counter() - started, 2)  # training + evaluation + saving
+        # Training + evaluation + saving, and the training an interrupted session did before this one.
+        result["wall_seconds"] = round(time.perf_counter() - started + result.pop("resumed_seconds", 0.0), 2)
         self.progress[name] = result
         if sharding.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
@@ -132,6 +184,7 @@ class Pipeline:
     def run(self) -> dict:
         started = time.perf_counter()
         cfg = self.cfg
+        preflight(cfg)
         cache_dir = cfg.cache_dir or None
         tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)
         self.student_dir = self._make_student()
@@ -264,7 +317,7 @@ class Pipeline:
             "dev_metrics": dev_metrics, "test_metrics": test_metrics,
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1),
-            **_stopping(result),
+            "resumed_seconds": result.resumed_seconds, **_stopping(result),
         }
         return _jsonable(row), best
 
@@ -327,7 +380,7 @@ class Pipeline:
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1), "cached": cfg.cache_features,
             "train_rows": len(train_rows.input_ids), "val_rows": len(val_rows.input_ids),
-            **_stopping(result),
+            "resumed_seconds": result.resumed_seconds, **_stopping(result),
         })
 
     # -- measurements ----------------------------------------------------------------------------
@@ -460,7 +513,7 @@ def _load_into(path: Path, module: nnx.Module) -> None:
     nnx.update(module, state)
 
 
-def run(cfg: Config, workdir: str | Path) -> dict:
-    """The whole pipeline for ``cfg`` in ``workdir`` (resumes what is already there)."""
-    workdir = prepare_workdir(Path(workdir), cfg)
+def run(cfg: Config, workdir: str | Path, *, restart: bool = False) -> dict:
+    """The whole pipeline for ``cfg`` in ``workdir`` (resumes what is there; ``restart``: deletes it first)."""
+    workdir = prepare_workdir(Path(workdir), cfg, restart=restart)
     return Pipeline(cfg, workdir).run()

@@ -1,6 +1,6 @@
 """What a finished run leaves for people to read: results, plots, scalars.
 
-``write_results`` writes ``results.json`` (the DESIGN.md section 4 contract)
+``write_results`` writes ``results.json`` (the contract in docs/method.md, section 3)
 and ``results.md`` (the same numbers as a table, the share of the
 student-to-teacher gap each row recovers, and two short sections, "Did
 alignment help?" and "What did it cost?", computed from the numbers).

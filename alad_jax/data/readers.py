@@ -76,7 +76,7 @@ def _read_lines(path: PathLike) -> list[str]:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise AladError(f"{path}: file not found; check the data path in the config") from None
+        raise AladError(f"{path}: file not found; check the path") from None
     except IsADirectoryError:
         raise AladError(f"{path}: is a directory, expected a data file") from None
     try:
@@ -188,10 +188,15 @@ def detect_tag_scheme(tag_seqs: Iterable[Sequence[str]]) -> str:
 # --------------------------------------------------------------------------- CoNLL
 
 _COLUMN_SEP = re.compile(r"[ \t]+")
+# On a line with a tab, only tabs separate columns: a word may hold spaces (UD's "100 000").
+_TAB_SEP = re.compile(r" *\t[ \t]*")
 
 
 def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme: str = "auto") -> list[TaggedSentence]:
     """Column CoNLL (CoNLL-2003, WNUT): one word per line, columns split on tabs/spaces.
+
+    A line holding a tab is split on tabs only, so a word may contain spaces
+    (what ``alad predict --out`` writes for UD's multi-word numbers, "100 000").
 
     Blank or whitespace-only lines end a sentence; ``-DOCSTART-`` lines are
     skipped. Every word line must have the same number of columns as the first.
@@ -220,7 +225,8 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
         if not line.strip():
             flush()
             continue
-        fields = _COLUMN_SEP.split(line.strip(" \t"))
+        stripped = line.strip(" \t")
+        fields = (_TAB_SEP if "\t" in stripped else _COLUMN_SEP).split(stripped)
         if fields[0] == "-DOCSTART-":
             docstarts += 1
             flush()

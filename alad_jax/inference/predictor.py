@@ -362,6 +362,8 @@ class Predictor:
     def predict_file(self, path: str | os.PathLike, fmt: str = "text") -> list[tuple[list[str], list[str]]]:
         """(words, labels) per sentence of a file: ``text`` (one sentence per line), ``conll`` or
         ``conllu`` (word and tag columns; the gold tags are ignored)."""
+        if not Path(path).is_file():
+            raise AladError(f"--file {path}: no such file; give the path of a text, CoNLL or CoNLL-U file")
         if fmt == "text":
             sentences = readers.read_text(path)
         elif fmt == "conll":
