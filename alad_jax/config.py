@@ -47,8 +47,8 @@ class DataConfig:
     hf_config: str = ""
     tokens_column: str = "tokens"
     tags_column: str = "ner_tags"
-    max_train: int = 800  # subsample (0 = all); stated in the outputs
-    max_dev: int = 300
+    max_train: int = 400  # subsample (0 = all); stated in the outputs
+    max_dev: int = 200
     max_test: int = 600
 
 
@@ -58,7 +58,7 @@ class CorpusConfig:
 
     format: str = "conllu"
     paths: list[str] = dataclasses.field(default_factory=lambda: ["packaged:petrogold", "packaged:danteshots"])
-    max_sentences: int = 1500
+    max_sentences: int = 1000
     val_sentences: int = 150
 
 
@@ -96,17 +96,17 @@ class StagesConfig:
     # Caps (epochs) are generous: rows stop on their dev plateau. The teacher trains in small
     # batches with warmup and linear decay (it must end as the ceiling); the linear probe and the
     # head case get a higher lr than the reference so they converge within their caps; the two
-    # full fine-tunes of the student (student_ft, joint) share lr 1e-4 and patience 1 (their
+    # full fine-tunes of the student (student_ft, joint) share lr 2e-4 and patience 1 (their
     # epochs are the expensive ones). min_delta 0.001 = 0.1 metric points.
     teacher: StageConfig = _stage(epochs=8, lr=2e-4, weight_decay=0.01, batch_size=16, warmup_fraction=0.1,
                                   schedule="linear", patience=1, min_delta=0.001)
-    align: StageConfig = _stage(epochs=4, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
+    align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
     continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
     head: StageConfig = _stage(epochs=40, lr=1e-3, weight_decay=0.0, min_delta=0.001)
     frozen: StageConfig = _stage(epochs=20, lr=1e-4, weight_decay=0.01, min_delta=0.001)
-    joint: StageConfig = _stage(epochs=15, lr=1e-4, weight_decay=0.01, patience=1, min_delta=0.001)
+    joint: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
     probe: StageConfig = _stage(epochs=40, lr=2e-3, weight_decay=0.0, min_delta=0.001)
-    student_ft: StageConfig = _stage(epochs=15, lr=1e-4, weight_decay=0.01, patience=1, min_delta=0.001)
+    student_ft: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
 
 
 @dataclasses.dataclass

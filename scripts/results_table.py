@@ -2,11 +2,13 @@
 
     python scripts/results_table.py runs/default                      # print the Markdown
     python scripts/results_table.py runs/default --readme README.md   # replace the README's table
+    python scripts/results_table.py runs/ner --readme README.md --block ner   # the NER table
 
 Every number comes from the one ``results.json`` given (a work directory or
 the file itself), so a table can never mix runs. With ``--readme`` the text
 between the README's ``<!-- results-table:begin -->`` and
-``<!-- results-table:end -->`` lines is replaced and nothing else is touched.
+``<!-- results-table:end -->`` lines (``results-table:NAME:begin`` / ``:end``
+with ``--block NAME``) is replaced and nothing else is touched.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from pathlib import Path
 
 BEGIN = "<!-- results-table:begin -->"
 END = "<!-- results-table:end -->"
+
+
+def markers(block: str | None) -> tuple[str, str]:
+    """The README lines around the default table, or around table ``block``."""
+    if not block:
+        return BEGIN, END
+    return f"<!-- results-table:{block}:begin -->", f"<!-- results-table:{block}:end -->"
 
 
 class TableError(Exception):
@@ -85,8 +94,9 @@ def render(results: dict, source: str) -> str:
     lines += [f"- {' '.join(str(note).split())}" for note in results.get("notes") or []]
     lines += [
         "",
-        "| row | dev | test | gap recovered | trainable params | adapter (% of teacher) | latency ms | cosine to teacher |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | dev | test | gap recovered | epochs (best), stopped | trainable params | adapter (% of teacher) "
+        "| latency ms | cosine to teacher |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         name = row["name"]
@@ -97,28 +107,31 @@ def render(results: dict, source: str) -> str:
         adapter = row["params"].get("adapter") or 0
         adapter_cell = f"{adapter:,} ({100 * adapter / teacher_total:.1f}%)" if adapter and teacher_total else "-"
         cosine = "-" if row.get("cosine") is None else f"{row['cosine']:.3f}"
+        stopping = f"{row['epochs_run']} ({row['best_epoch']}), {row['stopped']}" if "epochs_run" in row else "-"
         lines.append(
             f"| {name} | {_cell(row['dev'], metric, scale)} | {_cell(row['test'], metric, scale)} | {gap} "
-            f"| {row['params']['trainable']:,} | {adapter_cell} | {row['latency_ms']:.1f} | {cosine} |"
+            f"| {stopping} | {row['params']['trainable']:,} | {adapter_cell} | {row['latency_ms']:.1f} | {cosine} |"
         )
     if has_gap:
         lines += ["", "Gap recovered = (row - student_probe) / (teacher - student_probe) on test."]
     return "\n".join(lines) + "\n"
 
 
-def replace_block(readme: str, table: str, where: str) -> str:
-    """``readme`` with the text between the BEGIN and END lines replaced by ``table``."""
-    before, begin, rest = readme.partition(BEGIN + "\n")
-    _, end, after = rest.partition(END)
+def replace_block(readme: str, table: str, where: str, block: str | None = None) -> str:
+    """``readme`` with the text between the block's begin and end lines replaced by ``table``."""
+    start, stop = markers(block)
+    before, begin, rest = readme.partition(start + "\n")
+    _, end, after = rest.partition(stop)
     if not begin or not end:
-        raise TableError(f"{where}: no '{BEGIN}' line followed by '{END}'; add both around the table")
-    return f"{before}{BEGIN}\n{table}{END}{after}"
+        raise TableError(f"{where}: no '{start}' line followed by '{stop}'; add both around the table")
+    return f"{before}{start}\n{table}{stop}{after}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished run's work directory, or its results.json")
     parser.add_argument("--readme", type=Path, help="write the table into this README between the markers")
+    parser.add_argument("--block", help="the README table's name (markers results-table:NAME:begin/end)")
     args = parser.parse_args(argv)
     try:
         results, file = load_results(args.run)
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.readme.is_file():
             raise TableError(f"--readme {args.readme}: no such file")
         text = args.readme.read_text(encoding="utf-8")
-        args.readme.write_text(replace_block(text, table, str(args.readme)), encoding="utf-8")
+        args.readme.write_text(replace_block(text, table, str(args.readme), args.block), encoding="utf-8")
         print(f"wrote the table of {source} into {args.readme}")
         return 0
     except TableError as error:
