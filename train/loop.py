@@ -147,6 +147,7 @@ def fit(
     checkpoint_every: int = 200,
     prepare: Callable[[Batch], Batch] | None = None,
     log_scalars: Callable[[str, int, dict], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``objective`` for ``stage.epochs`` (or its step / wall-clock budget).
 
@@ -155,7 +156,9 @@ def fit(
     ``prepare(batch)`` may add arrays to a batch just before the step (e.g.
     cached hidden states gathered by row). ``evaluate(model) -> (score,
     metrics)`` runs after every epoch; the best score's parameters are
-    returned. Resumes from ``checkpoint_dir``.
+    returned. Resumes from ``checkpoint_dir``. ``on_step(step)`` is called
+    after each optimizer step with the steps done so far (a resumed run starts
+    counting at its checkpoint's step), before any checkpoint of that step.
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
     steps_per_epoch = len(batches_for_epoch(0))
@@ -209,6 +212,8 @@ def fit(
             trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
             step += 1
+            if on_step:
+                on_step(step)
             pending_losses.append(metrics["loss"])
             bar.update(1)
             if log_scalars and step % LOG_EVERY == 0:
