@@ -53,9 +53,9 @@ def fingerprint_rows(rows: Sequence[np.ndarray]) -> str:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, input_ids, attention_mask):
+def _encode(graphdef, state, input_ids, attention_mask, token_type_ids):
     encoder = nnx.merge(graphdef, state)
-    return encoder(input_ids, attention_mask).last_hidden_state.astype(jnp.bfloat16)
+    return encoder(input_ids, attention_mask, token_type_ids).last_hidden_state.astype(jnp.bfloat16)
 
 
 class HiddenCache:
@@ -68,15 +68,19 @@ class HiddenCache:
 
     @classmethod
     def build(cls, directory: Path, rows: Sequence[np.ndarray], student: nnx.Module, teacher: nnx.Module,
-              *, batch_size: int = 64, buckets: Sequence[int] | None = None) -> "HiddenCache":
+              *, token_types: Sequence[np.ndarray] | None = None, batch_size: int = 64,
+              buckets: Sequence[int] | None = None) -> "HiddenCache":
         """Load the cache for (student, teacher, rows) from ``directory``, computing it if absent.
 
         ``rows`` are token id arrays (special tokens included), one per sequence.
+        ``token_types`` are their segment ids, one array per row (QA: 1 on the
+        context), as the encoders see them outside the cache; None: all 0.
         ``buckets`` are the padded lengths to compute at (the training buckets: no
         new compilations); default powers of two.
         """
         key = hashlib.blake2b(
-            "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]).encode(),
+            "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]
+                     + ([fingerprint_rows(token_types)] if token_types is not None else [])).encode(),
             digest_size=12,
         ).hexdigest()
         path = Path(directory) / key
@@ -99,10 +103,13 @@ class HiddenCache:
                 width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
                 ids = np.zeros((batch_size, width_t), np.int32)
                 mask = np.zeros((batch_size, width_t), np.int32)
+                types = np.zeros((batch_size, width_t), np.int32)
                 for r, i in enumerate(idx):
                     ids[r, :lengths[i]] = rows[i]
                     mask[r, :lengths[i]] = 1
-                hidden = np.asarray(_encode(graphdef, state, ids, mask))
+                    if token_types is not None:
+                        types[r, :lengths[i]] = token_types[i]
+                hidden = np.asarray(_encode(graphdef, state, ids, mask, types))
                 for r, i in enumerate(idx):
                     out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
             parts[name] = out

@@ -220,6 +220,7 @@ class Pipeline:
             teacher, _ = self.load_teacher()
             rows = tasks.rows_of(self.task.text_rows(split))
             self._task_caches[split] = HiddenCache.build(self.workdir / "cache", rows, self.load_student(), teacher,
+                                                         token_types=self.task.token_types(split),
                                                          buckets=tasks.buckets_for(self.cfg.max_length))
         return self._task_caches[split]
 

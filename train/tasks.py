@@ -140,6 +140,10 @@ class TaggingTask:
         """The split's token rows, labels dropped (what continual alignment reads)."""
         return self.features[split]
 
+    def token_types(self, split: str) -> None:
+        """Segment ids of :meth:`text_rows`: one segment, all 0."""
+        return None
+
     def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
         """Word-level metric of ``model`` on a split: (headline score, all metrics).
 
@@ -240,6 +244,12 @@ class QATask:
         ignore = [np.full(len(r), tagging.IGNORE_INDEX, np.int32) for r in ids]
         return tagging.TaggingFeatures(ids, ignore, [np.full(len(r), -1, np.int32) for r in ids],
                                        feats.example_index.copy(), len(self.examples[split]), 0, 0)
+
+    def token_types(self, split: str) -> list[np.ndarray]:
+        """Segment ids of :meth:`text_rows` (1 on the context window): a frozen encoder's cached output
+        must see them, as the model does in evaluation."""
+        feats = self.features[split]
+        return [feats.token_type_ids[i, :n] for i, n in enumerate(feats.attention_mask.sum(1))]
 
     def _logits(self, model: nnx.Module, split: str, prepare=None) -> tuple[np.ndarray, np.ndarray]:
         graphdef, state = nnx.split(model)
