@@ -69,6 +69,28 @@ def _alone(encoder, row):
     return np.asarray(_encode_alone(encoder, row[None])[0])
 
 
+@nnx.jit
+def _encode_with_types(encoder, ids, types):
+    return encoder(ids, jax.numpy.ones_like(ids), types).last_hidden_state
+
+
+def test_cached_states_see_each_rows_segment_ids(tmp_path, rows, student, teacher):
+    """QA rows are [CLS] question [SEP] context [SEP] with segment 1 on the context: the cache must encode
+    them so, as the model does outside the cache, and not reuse a cache built with other segment ids."""
+    types = [(np.arange(len(r)) >= len(r) // 2).astype(np.int32) for r in rows]
+    with_types = HiddenCache.build(tmp_path, rows, student, teacher, token_types=types, batch_size=4)
+    without = HiddenCache.build(tmp_path, rows, student, teacher, batch_size=4)
+    assert len(list(tmp_path.iterdir())) == 2  # different keys
+    i = 9
+    lo, hi = with_types.offsets[i], with_types.offsets[i + 1]
+    for table, encoder in ((with_types.student, student), (with_types.teacher, teacher)):
+        want = np.asarray(_encode_with_types(encoder, rows[i][None], types[i][None])[0])
+        np.testing.assert_allclose(table[lo:hi].astype(np.float32), want, rtol=8e-3, atol=8e-3)
+    second = slice(lo + len(rows[i]) // 2, hi)
+    gap = np.abs(with_types.student[second].astype(np.float32) - without.student[second].astype(np.float32))
+    assert gap.max(axis=-1).min() > 0.05  # every segment-1 token differs by far more than bf16 rounding
+
+
 def test_cached_states_equal_each_row_encoded_alone(tmp_path, rows, student, teacher):
     cache = HiddenCache.build(tmp_path, rows, student, teacher, batch_size=4)
     assert cache.student.dtype == cache_lib.BF16 and cache.offsets[-1] == sum(len(r) for r in rows)

@@ -182,6 +182,7 @@ def fit(
     checkpoint_every: int = 200,
     prepare: Callable[[Batch], Batch] | None = None,
     log_scalars: Callable[[str, int, dict], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``objective`` for ``stage.epochs`` (or its step / wall-clock budget).
 
@@ -193,14 +194,15 @@ def fit(
     returned. Training stops when ``stage.patience`` evaluations in a row
     fail to beat the best score by more than ``stage.min_delta`` (plateau) or
     at the cap (``stage.epochs`` / ``max_steps`` / ``max_seconds``). Resumes
-    from ``checkpoint_dir``.
+    from ``checkpoint_dir``. ``on_step(step)`` is called after each optimizer
+    step with the steps done so far (a resumed run starts counting at its
+    checkpoint's step), before any checkpoint of that step.
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
     steps_per_epoch = len(batches_for_epoch(0))
     total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
     if stage.max_steps:
         total_steps = min(total_steps, stage.max_steps)
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = make_optimizer(stage, optim, total_steps)
 
     trainable, opt_state, shardings = sharding.init_train_state(trainable, optimizer, mesh)
@@ -249,6 +251,8 @@ def fit(
             trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
             step += 1
+            if on_step:
+                on_step(step)
             pending_losses.append(metrics["loss"])
             bar.update(1)
             if log_scalars and step % LOG_EVERY == 0:

@@ -278,5 +278,5 @@ class QATask:
         spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split, prepare)
         predictions = qa.apply_null_threshold(spans, diffs, threshold)
         scores = squad_v2_scores(self.examples[split], predictions)
-        scores["null_threshold"] = threshold if math.isfinite(threshold) else None
+        scores["null_threshold"] = qa.threshold_to_json(threshold)  # strict JSON: +-inf as strings
         return float(scores["f1"]), scores

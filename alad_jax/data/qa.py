@@ -267,6 +267,32 @@ def best_null_threshold(
     return threshold
 
 
+def threshold_to_json(threshold: float) -> float | str:
+    """A null threshold as a strict JSON value: the number when finite, else "Infinity" / "-Infinity".
+
+    JSON has no infinities, and both occur: ``-inf`` (answering nothing is best
+    on dev) and ``inf`` (always answer). :func:`threshold_from_json` inverts it
+    exactly (finite floats round-trip through JSON's shortest repr).
+    """
+    if math.isnan(threshold):
+        raise AladError("null threshold is NaN; the dev null-score differences are broken")
+    if math.isinf(threshold):
+        return "Infinity" if threshold > 0 else "-Infinity"
+    return float(threshold)
+
+
+def threshold_from_json(value, source: str) -> float:
+    """The null threshold :func:`threshold_to_json` wrote; anything else is an AladError naming ``source``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if value in ("Infinity", "-Infinity"):
+        return float(value)
+    raise AladError(
+        f"{source}: null_threshold is {value!r}; expected a number, \"Infinity\" or \"-Infinity\" "
+        "(null, which older versions wrote for both infinities, is ambiguous: retrain or set it by hand)"
+    )
+
+
 def _take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` as int32, with zeros where ``rows`` is -1 (an empty row)."""
     real = rows >= 0

@@ -20,7 +20,6 @@ programs however many calls it serves.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
-from alad_jax.data import batching, readers, tagging
+from alad_jax.data import batching, qa, readers, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import hub
 from alad_jax.models.heads import QAHead, TaggingHead
@@ -421,10 +420,10 @@ class QAPredictor:
         loaded = load_aligned_model(path)
         if loaded.info["task"] != "qa":
             raise AladError(f"{path} is a {loaded.info['task']} model; use Predictor for word labels")
-        threshold = (loaded.info.get("meta") or {}).get("null_threshold")
+        threshold = qa.threshold_from_json((loaded.info.get("meta") or {}).get("null_threshold"),
+                                           f"{Path(path) / MODEL_JSON}: meta")
         return cls(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
-                   max_length=loaded.info["max_length"], stride=loaded.info["stride"],
-                   null_threshold=math.inf if threshold is None else float(threshold))
+                   max_length=loaded.info["max_length"], stride=loaded.info["stride"], null_threshold=threshold)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
         """One answer per (question, context) pair; "" means unanswerable."""
