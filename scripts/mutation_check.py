@@ -1,0 +1,220 @@
+"""Breaks the method on purpose, in a copy of the repository, and reports which breakages the tests catch.
+
+    python scripts/mutation_check.py [--only NAME ...] [--no-baseline] [--list]
+
+Each mutation is one or more exact text replacements in a copy of the tracked
+files (``git ls-files``); a target text that is not found (once, exactly)
+stops the script, so it cannot rot into testing nothing after the code moves.
+Only the tests named beside a mutation run against it (``pytest -x``), which
+keeps the whole check to minutes. A mutation is *caught* when those tests
+fail (pytest exit status 1); a collection or usage error (status 2+) counts as
+an error, not a catch. First the same tests must pass on the unmutated copy
+(the baseline), or no result means anything.
+
+Exit status 0 when every mutation is caught, 1 otherwise. Run it with the
+project's environment (the one the tests use), from anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    edits: tuple[tuple[str, str, str], ...]  # (file, exact old text, new text)
+    tests: tuple[str, ...]
+
+
+PIPELINE_LEARNS = "tests/test_pipeline.py::test_adapter_and_probe_learn_the_task"
+PIPELINE_KILLED = ("tests/test_pipeline.py::"
+                   "test_run_killed_in_cache_alignment_and_fine_tuning_resumes_each_where_it_stopped")
+QA_LEARNS = "tests/test_pipeline_qa.py::test_qa_probe_and_adapter_learn_to_answer"
+
+MUTATIONS = (
+    Mutation(
+        "tagging-loss-sign-flipped", "training climbs the tagging loss instead of descending it",
+        (("train/models.py", "    return (ce * valid).sum() / count, {",
+          "    return -(ce * valid).sum() / count, {"),),
+        (PIPELINE_LEARNS,),
+    ),
+    Mutation(
+        "fit-restarts-stage-on-resume", "fit deletes a stage's checkpoints and starts it over",
+        (("train/loop.py", "    restored = checkpoints.restore((trainable, opt_state, best))\n",
+          "    checkpoints.close()\n"
+          "    __import__('shutil').rmtree(checkpoint_dir, ignore_errors=True)\n"
+          "    checkpoints = _Checkpoints(checkpoint_dir)\n"
+          "    restored = None\n"),),
+        ("tests/test_loop_resume.py",),
+    ),
+    Mutation(
+        "resume-drops-optimizer-state", "a resumed stage keeps its parameters but starts a fresh optimizer",
+        (("train/loop.py", "        (trainable, opt_state, best), saved_meta = restored\n",
+          "        (trainable, _, best), saved_meta = restored\n"),),
+        ("tests/test_loop_resume.py",),
+    ),
+    Mutation(
+        "bert-ignores-token-type-ids", "BERT embeddings add the segment-0 vector to every token",
+        (("alad_jax/models/modeling.py", "            x = x + self.token_type_embeddings(token_type_ids)\n",
+          "            x = x + self.token_type_embeddings(jnp.zeros_like(token_type_ids))\n"),),
+        ("tests/test_transformers_fixtures.py",),
+    ),
+    Mutation(
+        "distilbert-q-k-names-swapped", "the DistilBERT name table reads q_lin into key and k_lin into query",
+        (("alad_jax/models/params.py",
+          'Rule("transformer.layer.{i}.attention.q_lin.weight",     "transformer.layer.{i}.attention.q_lin.kernel",'
+          '     "layers.{i}.attention.query.kernel", True),\n'
+          '    Rule("transformer.layer.{i}.attention.q_lin.bias",       "transformer.layer.{i}.attention.q_lin.bias",'
+          '       "layers.{i}.attention.query.bias", False),\n'
+          '    Rule("transformer.layer.{i}.attention.k_lin.weight",     "transformer.layer.{i}.attention.k_lin.kernel",'
+          '     "layers.{i}.attention.key.kernel", True),\n'
+          '    Rule("transformer.layer.{i}.attention.k_lin.bias",       "transformer.layer.{i}.attention.k_lin.bias",'
+          '       "layers.{i}.attention.key.bias", False),\n',
+          'Rule("transformer.layer.{i}.attention.k_lin.weight",     "transformer.layer.{i}.attention.k_lin.kernel",'
+          '     "layers.{i}.attention.query.kernel", True),\n'
+          '    Rule("transformer.layer.{i}.attention.k_lin.bias",       "transformer.layer.{i}.attention.k_lin.bias",'
+          '       "layers.{i}.attention.query.bias", False),\n'
+          '    Rule("transformer.layer.{i}.attention.q_lin.weight",     "transformer.layer.{i}.attention.q_lin.kernel",'
+          '     "layers.{i}.attention.key.kernel", True),\n'
+          '    Rule("transformer.layer.{i}.attention.q_lin.bias",       "transformer.layer.{i}.attention.q_lin.bias",'
+          '       "layers.{i}.attention.key.bias", False),\n'),),
+        ("tests/test_transformers_fixtures.py",),
+    ),
+    Mutation(
+        "qa-null-threshold-inf-as-none", "the old bug: -inf saved as null, and null read back as +inf",
+        (("train/tasks.py", '        scores["null_threshold"] = qa.threshold_to_json(threshold)',
+          '        scores["null_threshold"] = threshold if math.isfinite(threshold) else None'),
+         ("alad_jax/inference/predictor.py",
+          '        threshold = qa.threshold_from_json((loaded.info.get("meta") or {}).get("null_threshold"),\n'
+          '                                           f"{Path(path) / MODEL_JSON}: meta")\n',
+          '        threshold = (loaded.info.get("meta") or {}).get("null_threshold")\n'
+          '        threshold = float("inf") if threshold is None else float(threshold)\n')),
+        ("tests/test_qa_null_threshold.py",),
+    ),
+    Mutation(
+        "cache-ignores-token-types", "the feature cache encodes QA rows as one segment (all token types 0)",
+        (("alad_jax/cache.py", "                        segments[r, :lengths[i]] = token_types[i]\n",
+          "                        pass\n"),),
+        ("tests/test_cache.py::test_cached_states_see_each_rows_segment_ids",),
+    ),
+    Mutation(
+        "cache-marked-done-before-written", "the feature cache is written in place, its done marker first",
+        (("alad_jax/cache.py", '        tmp = path.with_name(path.name + ".tmp")\n        tmp.mkdir(parents=True, exist_ok=True)\n',
+          '        tmp = path\n        tmp.mkdir(parents=True, exist_ok=True)\n'
+          '        (tmp / "done.json").write_text("{}")\n'),
+         ("alad_jax/cache.py", "        os.replace(tmp, path)\n", "")),
+        (PIPELINE_KILLED,),
+    ),
+    Mutation(
+        "qa-loss-sign-flipped", "training climbs the QA span loss",
+        (("train/models.py", "    return (per_row * real).sum() / jnp.maximum(real.sum(), 1.0), {}",
+          "    return -(per_row * real).sum() / jnp.maximum(real.sum(), 1.0), {}"),),
+        (QA_LEARNS,),
+    ),
+)
+
+
+def _copy_repo(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def _apply(copy: Path, mutation: Mutation) -> None:
+    for file, old, new in mutation.edits:
+        path = copy / file
+        text = path.read_text(encoding="utf-8")
+        found = text.count(old)
+        if found != 1:
+            sys.exit(f"mutation {mutation.name}: the target text occurs {found} times in {file} (expected once); "
+                     f"update the mutation to the current code:\n{old}")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def _cpu_seconds() -> float:
+    """User + system time of every finished child process (pytest and what it ran)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, float, float, str]:
+    """(pytest exit status, wall seconds, CPU seconds, last output line) of ``tests`` in ``copy``."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
+                         env=env, capture_output=True, text=True)
+    last = (out.stdout + out.stderr).strip().splitlines()[-1:] or [""]
+    return out.returncode, time.perf_counter() - started, _cpu_seconds() - cpu, last[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the same tests")
+    parser.add_argument("--list", action="store_true", help="list the mutations and their tests, then exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    unknown = set(args.only or ()) - {m.name for m in MUTATIONS}
+    if unknown:
+        sys.exit(f"unknown mutation {', '.join(sorted(unknown))}; known: {', '.join(m.name for m in MUTATIONS)}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.what}\n    tests: {' '.join(m.tests)}")
+        return 0
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="alad-mutants-") as tmp:
+        base = Path(tmp) / "base"
+        _copy_repo(base)
+        for m in chosen:  # every target must exist before anything runs
+            probe = Path(tmp) / "probe"
+            shutil.copytree(base, probe)
+            _apply(probe, m)
+            shutil.rmtree(probe)
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            # Same-file tests side by side: pytest would otherwise set a module's fixtures up twice.
+            tests = tuple(sorted(tests, key=lambda t: [u.split("::")[0] for u in tests].index(t.split("::")[0])))
+            code, seconds, cpu, last = _pytest(base, tests)
+            print(f"baseline (unmutated): exit {code} in {seconds:.0f} s ({cpu:.0f} s CPU): {last}", flush=True)
+            if code != 0:
+                print("the tests fail without any mutation; fix that first")
+                return 1
+        rows = []
+        for m in chosen:
+            copy = Path(tmp) / m.name
+            shutil.copytree(base, copy)
+            _apply(copy, m)
+            code, seconds, cpu, last = _pytest(copy, m.tests)
+            result = "caught" if code == 1 else ("MISSED" if code == 0 else f"ERROR (pytest exit {code})")
+            rows.append((m.name, result, seconds, cpu))
+            print(f"{m.name:36s} {result:24s} {seconds:6.0f} s  {cpu:6.0f} s CPU  {last}", flush=True)
+            shutil.rmtree(copy)
+    width = max(len(name) for name, *_ in rows)
+    print(f"\n{'mutation':{width}s}  result   wall s   CPU s")
+    for name, result, seconds, cpu in rows:
+        print(f"{name:{width}s}  {result:7s}  {seconds:6.0f}  {cpu:6.0f}")
+    missed = [name for name, result, *_ in rows if result != "caught"]
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} caught in {time.perf_counter() - started:.0f} s "
+          f"({_cpu_seconds():.0f} s CPU)" + (f"; not caught: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
