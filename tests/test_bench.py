@@ -11,7 +11,7 @@ from flax import nnx
 
 from alad_jax import cli
 from alad_jax.models import EncoderConfig, build_encoder, hub
-from train import bench
+from alad_train import bench
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HAS_TORCH = importlib.util.find_spec("torch") is not None

@@ -14,8 +14,8 @@ from alad_jax.config import OptimConfig, StageConfig
 from alad_jax.data import batching, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import EncoderConfig, build_encoder
-from train import models
-from train.loop import make_optimizer, make_train_step
+from alad_train import models
+from alad_train.loop import make_optimizer, make_train_step
 
 VOCAB = 120
 

@@ -17,7 +17,7 @@ from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, load_aligned_model, save_aligned_model
 from alad_jax.inference.predictor import model_dir_of_workdir
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
-from train.models import TaskModel
+from alad_train.models import TaskModel
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -253,7 +253,7 @@ def test_qa_predictor_answers_like_direct_span_decoding(tmp_path, tokenizer):
     from alad_jax.data.readers import QAExample
     from alad_jax.inference.predictor import QAPredictor
     from alad_jax.models.heads import QAHead
-    from train.models import predict_spans
+    from alad_train.models import predict_spans
 
     rngs = nnx.Rngs(5)
     config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2,

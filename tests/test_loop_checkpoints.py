@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from alad_jax.errors import AladError
-from train.loop import _Checkpoints
+from alad_train.loop import _Checkpoints
 
 
 def _tree(query, key):

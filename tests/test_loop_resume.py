@@ -1,6 +1,6 @@
 """The training loop resumes where it was killed: the same steps, the same optimizer state, the same parameters.
 
-A subprocess trains the tiny task model with ``train.loop.fit`` and SIGKILLs
+A subprocess trains the tiny task model with ``alad_train.loop.fit`` and SIGKILLs
 itself right after a chosen step, before that step can be checkpointed. The
 run is then resumed here, in process, and must take exactly the steps after
 its last checkpoint, no more (a restarted stage) and no fewer, and end with

@@ -29,7 +29,7 @@ from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from train import pipeline
+from alad_train import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = ROOT.parent / "shared" / "check_results.py"
@@ -96,7 +96,7 @@ def finished(tiny, tmp_path_factory):
 
 
 def _alad(*args):
-    return [sys.executable, "-m", "alad_jax.cli", *args]
+    return [sys.executable, "-m", "alad_train.cli", *args]
 
 
 def test_results_json_meets_the_contract(finished):

@@ -25,7 +25,7 @@ from alad_jax.metrics import squad_v2_scores
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from train import pipeline, tasks
+from alad_train import pipeline, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["teacher", "student_probe", "student_ft", "alad_w1_head", "alad_w1_frozen", "alad_w1_joint",

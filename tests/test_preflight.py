@@ -15,8 +15,8 @@ import pytest
 
 from alad_jax.config import dump_toml, load_config
 from alad_jax.errors import AladError
-from train import pipeline
-from train.preflight import preflight
+from alad_train import pipeline
+from alad_train.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_qa_config_without_its_corpus_stops_at_start_up_in_one_line(tmp_path):
     """The paper's QA config needs a corpus file it cannot ship: said at once, before the Hub or any training."""
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "alad_jax.cli", "run", "--config", str(REPO / "configs" / "qa_squad_v2.toml"),
+    out = subprocess.run([sys.executable, "-m", "alad_train.cli", "run", "--config", str(REPO / "configs" / "qa_squad_v2.toml"),
                           "--workdir", str(workdir)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()

@@ -25,8 +25,8 @@ from alad_jax.inference import save_aligned_model
 from alad_jax.inference.predictor import QAPredictor
 from alad_jax.metrics import squad_v2_scores
 from alad_jax.models import EncoderConfig, QAHead, build_encoder, hub
-from train import tasks
-from train.models import TaskModel
+from alad_train import tasks
+from alad_train.models import TaskModel
 
 MAX_LENGTH, STRIDE = 64, 16
 CONTEXTS = [

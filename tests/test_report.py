@@ -14,7 +14,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from alad_jax.errors import AladError
-from train.report import (
+from alad_train.report import (
     ScalarLogger,
     alignment_series,
     format_summary,

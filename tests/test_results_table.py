@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train.report import write_results
+from alad_train.report import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "results_table.py"

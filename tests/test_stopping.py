@@ -7,7 +7,7 @@ from flax import nnx
 
 from alad_jax.config import OptimConfig, StageConfig
 from alad_jax.sharding import MeshConfig, make_mesh
-from train.loop import Objective, fit, improves
+from alad_train.loop import Objective, fit, improves
 
 STEPS_PER_EPOCH = 3
 

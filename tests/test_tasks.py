@@ -4,7 +4,7 @@ import numpy as np
 
 from alad_jax.config import load_config
 from alad_jax.models import hub
-from train import tasks
+from alad_train import tasks
 
 TRAIN = "Peter B-PER\nBlackburn I-PER\nvisits O\nParis B-LOC\n\nThe O\nEU B-ORG\nsays O\nno O\n"
 DEV = "Maria B-PER\nlikes O\nLisbon B-LOC\n"

@@ -51,8 +51,8 @@ from alad_jax.errors import AladError
 from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models import compress, hub
 from alad_jax.models.heads import TaggingHead
-from train import models, tasks
-from train.loop import make_optimizer, make_train_step
+from alad_train import models, tasks
+from alad_train.loop import make_optimizer, make_train_step
 
 SEQ = 128
 LATENCY_BATCHES = (1, 32)
@@ -145,7 +145,7 @@ def _latencies(forwards: dict, reps: dict, vocab: int) -> dict:
 
 
 class _Trainer:
-    """The pipeline's train step (train.loop), compiled ahead of time once per batch shape."""
+    """The pipeline's train step (alad_train.loop), compiled ahead of time once per batch shape."""
 
     def __init__(self, model: nnx.Module, trainable, loss_fn, optimizer):
         graphdef, self.params, self.frozen = nnx.split(model, trainable, ...)

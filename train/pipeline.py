@@ -36,10 +36,10 @@ from alad_jax.data import splits, tagging
 from alad_jax.errors import AladError
 from alad_jax.inference.predictor import load_aligned_model, save_aligned_model
 from alad_jax.models import compress, hub
-from train import models, report, tasks
-from train.loop import Objective, fit
-from train.models import TRAINABLE, TaskModel
-from train.preflight import preflight
+from alad_train import models, report, tasks
+from alad_train.loop import Objective, fit
+from alad_train.models import TRAINABLE, TaskModel
+from alad_train.preflight import preflight
 
 # Cases whose encoder is the frozen student: they can read its cached output.
 FROZEN_STUDENT_CASES = frozenset({"probe", "head", "frozen", "noalign_frozen"})

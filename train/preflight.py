@@ -14,7 +14,7 @@ from pathlib import Path
 from alad_jax.config import Config
 from alad_jax.errors import AladError
 from alad_jax.models import hub
-from train.tasks import resolve_source
+from alad_train.tasks import resolve_source
 
 FILE_FORMATS = ("conllu", "conll", "squad", "text")
 CORPUS_FORMATS = ("conllu", "text")

@@ -21,7 +21,7 @@ from alad_jax.data import batching, hub_datasets, packaged, qa, readers, splits,
 from alad_jax.errors import AladError
 from alad_jax.metrics import squad_v2_scores, tagging_scores
 from alad_jax.models.heads import QAHead, TaggingHead
-from train import models
+from alad_train import models
 
 Batch = dict[str, np.ndarray]
 

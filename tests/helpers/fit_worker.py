@@ -1,4 +1,4 @@
-"""Worker: train the tiny task model with the real loop (`train.loop.fit`), optionally SIGKILLing itself.
+"""Worker: train the tiny task model with the real loop (`alad_train.loop.fit`), optionally SIGKILLing itself.
 
     python tests/helpers/fit_worker.py CHECKPOINT_DIR CHECKPOINT_EVERY KILL_AT_STEP
 
@@ -23,7 +23,7 @@ from flax import nnx
 import tiny_task_model as tiny
 from alad_jax import sharding
 from alad_jax.config import OptimConfig, StageConfig
-from train.loop import FitResult, Objective, fit
+from alad_train.loop import FitResult, Objective, fit
 
 STEPS_PER_EPOCH, EPOCHS = 5, 3
 # Linear decay: the step count inside the optimizer state sets every step's learning rate,

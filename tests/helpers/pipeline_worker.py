@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alad_jax import cache, cli
-from train import pipeline
+from alad_train import pipeline
 
 
 def _die() -> None:

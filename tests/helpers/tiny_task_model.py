@@ -22,7 +22,7 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.modeling import build_encoder
-from train.loop import make_train_step
+from alad_train.loop import make_train_step
 
 ROWS, SEQ, NUM_LABELS = 16, 8, 5
 IGNORE_INDEX = -100
@@ -73,7 +73,7 @@ def optimizer() -> optax.GradientTransformation:
 
 
 def make_step(graphdef, tx: optax.GradientTransformation):
-    """The training loop's own step (train.loop.make_train_step), so the sharding proof covers it."""
+    """The training loop's own step (alad_train.loop.make_train_step), so the sharding proof covers it."""
     return make_train_step(graphdef, lambda model, batch, key: (loss_fn(model, batch, key), {}), tx)
 
 

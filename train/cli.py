@@ -72,7 +72,7 @@ def _enable_compilation_cache() -> None:
 def _run(args) -> int:
     from alad_jax import sharding
     from alad_jax.config import load_config
-    from train import pipeline
+    from alad_train import pipeline
 
     sharding.initialize_distributed()
     _enable_compilation_cache()
@@ -100,7 +100,7 @@ def _predict(args) -> int:
 
 
 def _bench(args) -> int:
-    from train import bench
+    from alad_train import bench
 
     return bench.main(args)
 
