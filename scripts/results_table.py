@@ -18,6 +18,9 @@ import json
 import sys
 from pathlib import Path
 
+from alad_train.cases import PROBE, TEACHER_FT
+
+TEACHER, STUDENT = TEACHER_FT.row_name(), PROBE.row_name()
 BEGIN = "<!-- results-table:begin -->"
 END = "<!-- results-table:end -->"
 
@@ -73,8 +76,8 @@ def render(results: dict, source: str) -> str:
     rows = results["rows"]
     scale = float(results.get("metric_scale") or 1)
     test = {r["name"]: _headline(r["test"], metric) for r in rows}
-    teacher_total = next((r["params"]["total"] for r in rows if r["name"] == "teacher"), 0)
-    has_gap = "teacher" in test and "student_probe" in test and test["teacher"] != test["student_probe"]
+    teacher_total = next((r["params"]["total"] for r in rows if r["name"] == TEACHER), 0)
+    has_gap = TEACHER in test and STUDENT in test and test[TEACHER] != test[STUDENT]
     stage_seconds = sum(r.get("wall_seconds") or 0 for r in rows) + sum(
         stage.get("wall_seconds") or 0 for window in (results.get("alignment") or {}).values()
         for stage in window.values())
@@ -101,8 +104,8 @@ def render(results: dict, source: str) -> str:
     for row in rows:
         name = row["name"]
         gap = "-"
-        if has_gap and name not in ("teacher", "student_probe"):
-            share = (test[name] - test["student_probe"]) / (test["teacher"] - test["student_probe"])
+        if has_gap and name not in (TEACHER, STUDENT):
+            share = (test[name] - test[STUDENT]) / (test[TEACHER] - test[STUDENT])
             gap = f"{100 * share:.1f}%"
         adapter = row["params"].get("adapter") or 0
         adapter_cell = f"{adapter:,} ({100 * adapter / teacher_total:.1f}%)" if adapter and teacher_total else "-"
@@ -113,7 +116,7 @@ def render(results: dict, source: str) -> str:
             f"| {stopping} | {row['params']['trainable']:,} | {adapter_cell} | {row['latency_ms']:.1f} | {cosine} |"
         )
     if has_gap:
-        lines += ["", "Gap recovered = (row - student_probe) / (teacher - student_probe) on test."]
+        lines += ["", f"Gap recovered = (row - {STUDENT}) / ({TEACHER} - {STUDENT}) on test."]
     return "\n".join(lines) + "\n"
 
 

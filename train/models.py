@@ -2,7 +2,8 @@
 
 The task model itself (encoder -> optional AlAd -> head) and its jitted
 forwards live in the library (:mod:`alad_jax.models.task_model`); which parts
-move in a stage is the loop's parameter filter (:data:`TRAINABLE`).
+move in a stage is the loop's parameter filter (each case's ``trainable`` in
+:mod:`alad_train.cases`).
 ``AlignModel`` is student -> AlAd against a frozen teacher (stages 1-2
 without the feature cache).
 """
@@ -17,28 +18,9 @@ import optax
 from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum
-from alad_jax.models.task_model import TaskModel, hidden_states, predict_spans, predict_tags  # noqa: F401 (re-export)
+from alad_jax.models.task_model import TaskModel
 
 IGNORE_INDEX = -100
-
-
-def _param_filter(*parts: str):
-    if not parts:
-        return nnx.Param
-    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p) for p in parts)))
-
-
-# What each stage or case trains (docs/method.md, section 2: stage 3 cases and baselines).
-TRAINABLE = {
-    "teacher": _param_filter(),
-    "teacher_head": _param_filter("head"),
-    "probe": _param_filter("head"),
-    "student_ft": _param_filter(),
-    "head": _param_filter("head"),
-    "frozen": _param_filter("adapter", "head"),
-    "noalign_frozen": _param_filter("adapter", "head"),
-    "joint": _param_filter(),
-}
 
 
 class AlignModel(nnx.Module):

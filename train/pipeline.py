@@ -13,9 +13,6 @@ re-run skips it; a stage cut short resumes from its orbax checkpoint under
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -24,111 +21,26 @@ from typing import Callable
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
-from safetensors.numpy import load_file, save_file
 
-from alad_jax import sharding
-from alad_jax.adapter import AlignmentAdapter, adapter_param_report, export_reference, import_reference
-from alad_jax.adapter import token_cosine_sum
+from alad_jax import distributed, sharding
+from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
 from alad_jax.cache import HiddenCache
-from alad_jax.config import Config, dump_toml
-from alad_jax.data import splits, tagging
+from alad_jax.config import Config
+from alad_jax.data import batching, sources, splits, tagging
 from alad_jax.errors import AladError
-from alad_jax.inference.predictor import load_aligned_model, save_aligned_model
+from alad_jax.inference.saved_model import load_aligned_model, load_info, save_aligned_model
 from alad_jax.models import compress, hub
-from alad_train import models, report, tasks
+from alad_jax.models.task_model import TaskModel
+from alad_jax.param_count import count_params
+from alad_train import cases, measure, models, report, tasks
+from alad_train.cases import Case
 from alad_train.loop import Objective, fit
-from alad_train.models import TRAINABLE, TaskModel
 from alad_train.preflight import preflight
-
-# Cases whose encoder is the frozen student: they can read its cached output.
-FROZEN_STUDENT_CASES = frozenset({"probe", "head", "frozen", "noalign_frozen"})
-# Which StageConfig (config.stages.*) optimises each case.
-STAGE_OF_CASE = {"teacher": "teacher", "teacher_head": "teacher", "probe": "probe", "student_ft": "student_ft",
-                 "head": "head", "frozen": "frozen", "joint": "joint", "noalign_frozen": "frozen"}
+from alad_train.workdir import _atomic_write, prepare_workdir
 
 
 def _seed(cfg: Config, name: str) -> int:
     return (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
-
-
-def _count(module: nnx.Module | None, *filters) -> int:
-    if module is None:
-        return 0
-    state = nnx.state(module, *(filters or (nnx.Param,)))
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state)))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# What a run writes into its work directory; `--restart` removes these (cache/ is keyed by content: kept).
-RUN_OUTPUTS = ("config.toml", "progress.json", "results.json", "results.md", "checkpoints", "models", "adapters",
-               "plots", "tensorboard")
-
-
-def _has_started(workdir: Path) -> bool:
-    """Whether a stage has finished (progress.json) or written a checkpoint: work a new config would discard."""
-    checkpoints = workdir / "checkpoints"
-    return (workdir / "progress.json").is_file() or (
-        checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*")))
-
-
-def clear_run(workdir: Path) -> None:
-    """Delete a run's outputs (RUN_OUTPUTS only: nothing else in ``workdir`` is touched)."""
-    for name in RUN_OUTPUTS:
-        path = workdir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def prepare_workdir(workdir: Path, cfg: Config, *, restart: bool = False) -> Path:
-    """Create ``workdir`` and pin its config.
-
-    A different config in a run that has started (a finished stage or a
-    checkpoint) is refused, naming the fixes; in one that never started (it
-    failed at start-up) it is replaced. ``restart`` first deletes the run's
-    outputs.
-    """
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise AladError(f"--workdir {workdir} is a file; give a directory")
-    if restart and sharding.is_primary():
-        clear_run(workdir)
-    if restart and jax.process_count() > 1:  # no host reads the old progress while the primary deletes it
-        multihost_utils.sync_global_devices("alad-restart")
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.toml"
-    text = dump_toml(cfg)
-    old = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
-    if old is not None and old != text:
-        if _has_started(workdir):
-            raise AladError(
-                f"{config_path} holds a different config ({_first_difference(old, text)}); to resume, re-run with "
-                f"the same config and overrides; to start over, add --restart (deletes this run's outputs); "
-                f"or pick a new --workdir"
-            )
-        if sharding.is_primary():
-            print(f"{workdir}: replacing the config of a run that never finished a stage", file=sys.stderr)
-            # A student truncated for the old config would be reused as is: it goes with it.
-            shutil.rmtree(workdir / "models" / "student", ignore_errors=True)
-            _atomic_write(config_path, text)
-    elif old is None and sharding.is_primary():
-        _atomic_write(config_path, text)
-    return workdir
-
-
-def _first_difference(old: str, new: str) -> str:
-    """``'seed = 0' there, 'seed = 5' now``: the first line of the resolved TOML that differs."""
-    for line_old, line_new in zip(old.splitlines(), new.splitlines()):
-        if line_old != line_new:
-            return f"{line_old!r} there, {line_new!r} now"
-    return "a different number of keys"
 
 
 class Pipeline:
@@ -138,7 +50,7 @@ class Pipeline:
         self.progress_path = workdir / "progress.json"
         self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.is_file() else {}
         self.mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp))
-        self.logger = report.ScalarLogger(workdir / "tensorboard", enabled=sharding.is_primary())
+        self.logger = report.ScalarLogger(workdir / "tensorboard", enabled=distributed.is_primary())
         self._task_caches: dict[str, HiddenCache] = {}
         for sub in ("models", "adapters", "checkpoints", "cache"):
             (workdir / sub).mkdir(exist_ok=True)
@@ -153,7 +65,7 @@ class Pipeline:
         # Training + evaluation + saving, and the training an interrupted session did before this one.
         result["wall_seconds"] = round(time.perf_counter() - started + result.pop("resumed_seconds", 0.0), 2)
         self.progress[name] = result
-        if sharding.is_primary():
+        if distributed.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
         print(report.format_summary(name, result), flush=True)
         return result
@@ -169,10 +81,13 @@ class Pipeline:
 
     # -- models ----------------------------------------------------------------------------------
     def load_teacher(self) -> tuple[nnx.Module, nnx.Module]:
-        encoder, _ = hub.load_encoder(str(self.workdir / "models" / "teacher"))
-        head = self.task.make_head(encoder.config.hidden_size, 0)
-        _load_into(self.workdir / "models" / "teacher_head.safetensors", head)
-        return encoder, head
+        """The fine-tuned teacher's (encoder, head), saved by stage 0 as a saved aligned model."""
+        model = load_aligned_model(self.teacher_dir).model
+        return model.encoder, model.head
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.workdir / "models" / self.teacher.row_name()
 
     def load_student(self) -> nnx.Module:
         return hub.load_encoder(self.student_dir, cache_dir=self.cfg.cache_dir or None)[0]
@@ -195,22 +110,24 @@ class Pipeline:
                 f"so pick a student that shares the teacher's vocabulary"
             )
         self.task = (tasks.QATask if cfg.task == "qa" else tasks.TaggingTask).load(cfg, tokenizer)
-        rows = {"teacher": self.stage("teacher", self._teacher)}
-        rows["student_probe"] = self.stage("student_probe", lambda: self._task_case("student_probe", "probe"))
-        rows["student_ft"] = self.stage("student_ft", lambda: self._task_case("student_ft", "student_ft"))
+        self.teacher = teacher = cases.teacher_case(cfg.teacher_finetuned)
+        rows = {teacher.row_name(): self.stage(teacher.row_name(), lambda: self._teacher(teacher))}
+        for case in cases.BASELINES:
+            name = case.row_name()
+            rows[name] = self.stage(name, lambda case=case, name=name: self._task_case(name, case))
         alignment = {}
         for k in cfg.windows:
             s1 = self.stage(f"align_w{k}", lambda k=k: self._align(k, "align"))
             s2 = self.stage(f"continual_w{k}", lambda k=k: self._align(k, "continual"))
             alignment[f"w{k}"] = {"stage1": _without_history(s1), "stage2": _without_history(s2)}
-            for case in ("head", "frozen", "joint", "noalign_frozen"):
-                name = f"alad_w{k}_{case}"
+            for case in cases.WINDOWED:
+                name = case.row_name(k)
                 rows[name] = self.stage(name, lambda k=k, case=case, name=name: self._task_case(name, case, k))
         latency = self.stage("latency", lambda: self._latencies(list(rows)))
         rows = {name: {**row, "latency_ms": latency["p50_ms"][name], "latency_p95_ms": latency["p95_ms"][name]}
                 for name, row in rows.items()}
         results = self._results(rows, alignment, time.perf_counter() - started)
-        if sharding.is_primary():
+        if distributed.is_primary():
             report.write_results(self.workdir, results)
             histories = {name: out["history"] for name, out in self.progress.items() if "history" in out}
             report.plot_curves(self.workdir, histories)
@@ -227,49 +144,53 @@ class Pipeline:
             compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
         return str(out)
 
-    def _teacher(self) -> dict:
+    def _teacher(self, case: Case) -> dict:
         cfg = self.cfg
         encoder, _ = hub.load_encoder(cfg.teacher, cache_dir=cfg.cache_dir or None)
-        head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, "teacher_head"))
-        model = TaskModel(encoder, head, train_encoder=not cfg.teacher_finetuned)
-        which = "teacher_head" if cfg.teacher_finetuned else "teacher"
-        row, best = self._train_and_score("teacher", model, which)
-        if sharding.is_primary():
-            hub.save_encoder(best.encoder, self.workdir / "models" / "teacher")
-            save_file(_flat_state(best.head), str(self.workdir / "models" / "teacher_head.safetensors"))
+        head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, case.row_name() + "_head"))
+        model = TaskModel(encoder, head, train_encoder=case.trains_encoder)
+        row, best = self._train_and_score(case.row_name(), model, case)
+        self._save_model(case.row_name(), best, case, row, model_name=cfg.teacher)
         return row
 
-    def _task_case(self, name: str, case: str, window: int | None = None) -> dict:
+    def _task_case(self, name: str, case: Case, window: int | None = None) -> dict:
         cfg = self.cfg
         student = self.load_student()
         adapter = None
-        if window is not None:
-            if case == "noalign_frozen":
+        if case.windowed:
+            if case.adapter == cases.FRESH:
                 adapter = AlignmentAdapter(student.config.hidden_size, self.teacher_width, window, cfg.adapter_hidden,
                                            impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
             else:
                 adapter = import_reference(self.adapter_path(window, "continual"), impl=cfg.adapter_impl)
         width = adapter.teacher_dim if adapter is not None else student.config.hidden_size
         head = self.task.make_head(width, _seed(cfg, name + "_head"))
-        model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"))
+        model = TaskModel(student, head, adapter, train_encoder=case.trains_encoder)
         row, best = self._train_and_score(name, model, case)
-        if sharding.is_primary():
-            if adapter is not None:
-                export_reference(best.adapter, self.adapter_path(window, case))
-            save_aligned_model(
-                self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
-                labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
-                max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
-                meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
-                      "case": case, "dev": row["dev"], "test": row["test"],
-                      "null_threshold": row["test_metrics"].get("null_threshold")},
-            )
+        if distributed.is_primary() and adapter is not None:
+            export_reference(best.adapter, self.adapter_path(window, case.name))
+        self._save_model(name, best, case, row, model_name=cfg.student)
         return row
+
+    def _save_model(self, name: str, best: TaskModel, case: Case, row: dict, *, model_name: str) -> None:
+        """A row's best model as a saved aligned model (``models/<row>``): what later stages,
+        the latency stage and ``alad predict`` read."""
+        if not distributed.is_primary():
+            return
+        cfg = self.cfg
+        save_aligned_model(
+            self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
+            labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
+            max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
+            meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
+                  "encoder": model_name, "case": case.name, "dev": row["dev"], "test": row["test"],
+                  "null_threshold": row["test_metrics"].get("null_threshold"),
+                  "max_query_length": cfg.max_query_length},
+        )
 
     @property
     def teacher_width(self) -> int:
-        config = json.loads((self.workdir / "models" / "teacher" / "config.json").read_text())
-        return int(config.get("hidden_size", config.get("dim", 0)))
+        return int(load_info(self.teacher_dir)["output_dim"])
 
     def task_cache(self, split: str) -> HiddenCache:
         """Frozen student and fine-tuned teacher hidden states of a task split (computed once)."""
@@ -278,7 +199,7 @@ class Pipeline:
             features = self.task.text_rows(split)
             self._task_caches[split] = HiddenCache.build(
                 self.workdir / "cache", tasks.rows_of(features), self.load_student(), teacher,
-                token_types=features.token_type_ids, buckets=tasks.buckets_for(self.cfg.max_length))
+                token_types=features.token_type_ids, buckets=batching.length_buckets(self.cfg.max_length))
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -286,20 +207,20 @@ class Pipeline:
         cache = self.task_cache(split)
         return lambda batch: {**batch, "encoder_hidden": cache.gather(batch)["student_hidden"]}
 
-    def _train_and_score(self, name: str, model: TaskModel, case: str) -> tuple[dict, TaskModel]:
+    def _train_and_score(self, name: str, model: TaskModel, case: Case) -> tuple[dict, TaskModel]:
         """Train ``case``'s parameters of ``model``; its row (dev/test, params, latency, cosine) and best model.
 
         Cases with a frozen student train and select on its cached output (a frozen
         encoder computes the same thing every epoch); the reported dev/test numbers
         come from the full model.
         """
-        stage_cfg = getattr(self.cfg.stages, STAGE_OF_CASE[case])
+        stage_cfg = getattr(self.cfg.stages, case.stage)
         task = self.task
-        cached = self.cfg.cache_features and case in FROZEN_STUDENT_CASES
+        cached = self.cfg.cache_features and case.frozen_student
         train_prepare = self._encoder_hidden("train") if cached else None
         dev_prepare = self._encoder_hidden("dev") if cached else None
         result = self._fit(
-            name, Objective(model, TRAINABLE[case], task.loss_fn), stage_cfg,
+            name, Objective(model, case.trainable, task.loss_fn), stage_cfg,
             lambda epoch: task.train_batches(stage_cfg, epoch), lambda m: task.evaluate(m, "dev", dev_prepare),
             higher_is_better=True, prepare=train_prepare,
         )
@@ -311,7 +232,8 @@ class Pipeline:
             test_score = {"f1": test_metrics["f1"], "exact": test_metrics["exact"]}
         row = {
             "name": name, "dev": dev_score, "test": test_score,
-            "params": {"total": _count(best), "trainable": result.trainable_params, "adapter": _count(best.adapter)},
+            "params": {"total": count_params(best), "trainable": result.trainable_params,
+                       "adapter": count_params(best.adapter)},
             "cosine": self._cosine(best, self._encoder_hidden("test") if cached else None)
             if best.adapter is not None else None,
             "dev_metrics": dev_metrics, "test_metrics": test_metrics,
@@ -326,7 +248,7 @@ class Pipeline:
         cfg = self.cfg
         if stage == "continual":
             return self.task.text_rows("train"), self.task.text_rows("dev")
-        val, rest = splits.hash_holdout(tasks.read_corpus(cfg), cfg.corpus.val_sentences)
+        val, rest = splits.hash_holdout(sources.read_corpus(cfg.corpus), cfg.corpus.val_sentences)
         train = splits.subsample(rest, cfg.corpus.max_sentences or None, seed=cfg.seed)
         encode = lambda s: tagging.encode_tagging(s, self.task.tokenizer, None, max_length=cfg.max_length,
                                                   stride=cfg.stride)
@@ -348,14 +270,14 @@ class Pipeline:
         if cfg.cache_features and stage == "continual":
             train_cache, val_cache = self.task_cache("train"), self.task_cache("dev")
         elif cfg.cache_features:
-            cache_dir, buckets = self.workdir / "cache", tasks.buckets_for(cfg.max_length)
+            cache_dir, buckets = self.workdir / "cache", batching.length_buckets(cfg.max_length)
             train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets)
             val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets)
         if cfg.cache_features:
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
             prepare, val_prepare = train_cache.gather, val_cache.gather
         else:
-            objective = Objective(models.AlignModel(student, teacher, adapter), TRAINABLE["frozen"],
+            objective = Objective(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
                                   models.align_loss)
             prepare = val_prepare = None
 
@@ -372,7 +294,7 @@ class Pipeline:
                            lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch),
                            evaluate, higher_is_better=False, prepare=prepare)
         best = result.model if cfg.cache_features else result.model.adapter
-        if sharding.is_primary():
+        if distributed.is_primary():
             export_reference(best, self.adapter_path(window, stage))
         _, metrics = evaluate(result.model)
         return _jsonable({
@@ -385,39 +307,12 @@ class Pipeline:
 
     # -- measurements ----------------------------------------------------------------------------
     def _latencies(self, names: list[str]) -> dict:
-        """p50 / p95 ms of one jitted forward per row, every row's saved model timed interleaved.
-
-        One batch of ``eval_batch_size`` test rows padded to max_length; after a
-        warm-up call each, the rows take turns ``latency_batches`` times, so a
-        slow minute on a shared machine hits every row alike.
-        """
-        rows = self.task.text_rows("test")
-        batch = tasks.alignment_eval_batches(rows, self.cfg)[0]
-        ids = np.zeros((self.cfg.eval_batch_size, self.cfg.max_length), np.int32)
-        batch = {key: _pad_to(value, ids.shape) for key, value in batch.items() if value.ndim == 2}
-        if self.cfg.task == "qa":
-            batch["feature_index"] = np.arange(len(ids), dtype=np.int32)
-        predict = models.predict_spans if self.cfg.task == "qa" else models.predict_tags
-        split = {}
-        for name in names:
-            split[name] = nnx.split(self._row_model(name))
-            jax.block_until_ready(predict(*split[name], batch))
-        times = {name: [] for name in names}
-        for _ in range(self.cfg.latency_batches):
-            for name in names:
-                t = time.perf_counter()
-                jax.block_until_ready(predict(*split[name], batch))
-                times[name].append((time.perf_counter() - t) * 1000)
-        return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
-                "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
-                "runs": self.cfg.latency_batches, "batch": list(ids.shape)}
-
-    def _row_model(self, name: str) -> TaskModel:
-        """A finished row's best model, read back from ``models/``."""
-        if name == "teacher":
-            encoder, head = self.load_teacher()
-            return TaskModel(encoder, head)
-        return load_aligned_model(self.workdir / "models" / name, impl=self.cfg.adapter_impl).model
+        """p50 / p95 ms of one jitted forward per row's saved model, timed interleaved (:mod:`.measure`)."""
+        batch = measure.latency_batch(tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg)[0],
+                                      (self.cfg.eval_batch_size, self.cfg.max_length), qa=self.cfg.task == "qa")
+        row_models = {name: load_aligned_model(self.workdir / "models" / name, impl=self.cfg.adapter_impl).model
+                      for name in names}
+        return measure.interleaved_latency(row_models, batch, runs=self.cfg.latency_batches, qa=self.cfg.task == "qa")
 
     def _cosine(self, model: TaskModel, prepare=None) -> float:
         """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test.
@@ -425,18 +320,12 @@ class Pipeline:
         ``prepare`` may supply a frozen student's cached output (then only AlAd runs).
         """
         cache = self.task_cache("test")
-        graphdef, state = nnx.split(model)
-        total = count = 0.0
-        for batch in tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg):
-            pred = models.hidden_states(graphdef, state, prepare(batch) if prepare else batch)
-            target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
-            s, n = token_cosine_sum(pred, target, batch["attention_mask"])
-            total, count = total + float(s), count + float(n)
-        return round(total / max(count, 1), 4)
+        batches = tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg)
+        return measure.token_cosine_to_teacher(model, batches, cache, prepare)
 
     def _results(self, rows: dict, alignment: dict, seconds: float) -> dict:
         cfg = self.cfg
-        teacher_total = rows["teacher"]["params"]["total"]
+        teacher_total = rows[self.teacher.row_name()]["params"]["total"]
         student = f"{cfg.student} (first {cfg.student_layers} layers)" if cfg.student_layers else cfg.student
         out_rows = []
         for row in rows.values():
@@ -467,14 +356,6 @@ def _stopping(result) -> dict:
             "history": result.history}
 
 
-def _pad_to(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``array`` [b, l] zero-padded (or cut) to ``shape``."""
-    out = np.zeros(shape, array.dtype)
-    rows, cols = min(shape[0], array.shape[0]), min(shape[1], array.shape[1])
-    out[:rows, :cols] = array[:rows, :cols]
-    return out
-
-
 def _without_history(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "history"}
 
@@ -494,23 +375,6 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _flat_state(module: nnx.Module) -> dict[str, np.ndarray]:
-    flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-    return {"/".join(map(str, path)): np.asarray(var.get_value()) for path, var in flat}
-
-
-def _load_into(path: Path, module: nnx.Module) -> None:
-    """Set ``module``'s parameters from a file written by :func:`_flat_state`."""
-    tensors = load_file(str(path))
-    state = nnx.state(module, nnx.Param)
-    try:
-        for p, var in nnx.to_flat_state(state):
-            var.set_value(jax.numpy.asarray(tensors["/".join(map(str, p))]))
-    except KeyError as e:
-        raise AladError(f"{path} lacks tensor {e.args[0]}; the work directory is damaged, delete it to start over")
-    nnx.update(module, state)
 
 
 def run(cfg: Config, workdir: str | Path, *, restart: bool = False) -> dict:

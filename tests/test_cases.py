@@ -1,0 +1,72 @@
+"""The case table: every row's recipe in one place, row names that parse back, and the run's models found by it."""
+
+import dataclasses
+
+import pytest
+from flax import nnx
+
+from alad_jax.config import StagesConfig
+from alad_jax.errors import AladError
+from alad_train import cases
+
+
+def test_every_case_names_a_stage_config_and_a_known_encoder_and_adapter():
+    stages = {f.name for f in dataclasses.fields(StagesConfig)}
+    for case in cases.CASES:
+        assert case.stage in stages, case
+        assert case.encoder in (cases.TEACHER, cases.STUDENT)
+        assert case.adapter in (None, cases.CONTINUAL, cases.FRESH)
+
+
+def test_the_paper_cases_train_what_section_2_says():
+    assert cases.PROBE.trains == ("head",) and not cases.PROBE.windowed
+    assert cases.HEAD.trains == ("head",) and cases.HEAD.adapter == cases.CONTINUAL
+    assert cases.FROZEN.trains == ("adapter", "head") and cases.FROZEN.frozen_student
+    assert cases.JOINT.trains_encoder and not cases.JOINT.frozen_student
+    assert cases.NOALIGN.adapter == cases.FRESH and cases.NOALIGN.stage == cases.FROZEN.stage
+    assert cases.STUDENT_FT.trains_encoder and not cases.STUDENT_FT.windowed
+    assert [c.name for c in cases.BASELINES] == ["probe", "student_ft"]
+    assert [c.name for c in cases.WINDOWED] == ["head", "frozen", "joint", "noalign_frozen"]
+
+
+def test_row_names_parse_back_to_their_case_and_window():
+    for case in cases.CASES:
+        name = case.row_name(5) if case.windowed else case.row_name()
+        parsed = cases.parse_row(name)
+        assert parsed is not None and parsed[1] == (5 if case.windowed else None)
+        if case is not cases.TEACHER_HEAD:  # both teacher cases are the row "teacher"
+            assert parsed[0] is case
+    assert cases.parse_row("alad_w3_noalign_frozen") == (cases.NOALIGN, 3)
+    assert cases.parse_row("alad_w3_probe") is None  # probe has no window
+    assert cases.parse_row("something_else") is None
+    assert cases.windows_in(["teacher", "alad_w5_frozen", "alad_w3_joint", "student_probe"]) == [3, 5]
+    with pytest.raises(ValueError, match="needs a window"):
+        cases.FROZEN.row_name()
+
+
+class _Model(nnx.Module):
+    def __init__(self):
+        self.encoder = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+        self.adapter = nnx.Linear(2, 2, rngs=nnx.Rngs(1))
+        self.head = nnx.Linear(2, 2, rngs=nnx.Rngs(2))
+
+
+@pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.name)
+def test_a_cases_filter_selects_exactly_the_parts_it_trains(case):
+    trainable = nnx.state(_Model(), case.trainable)
+    moved = {str(path[0]) for path, _ in nnx.to_flat_state(trainable)}
+    assert moved == ({"encoder", "adapter", "head"} if case.trains_encoder else set(case.trains))
+
+
+def test_model_dir_finds_the_case_not_its_lookalike(tmp_path):
+    models = tmp_path / "models"
+    for name in ("alad_w3_frozen", "alad_w3_noalign_frozen", "alad_w3_joint", "alad_w5_joint"):
+        (models / name).mkdir(parents=True)
+        (models / name / "alad.json").write_text("{}")
+    assert cases.model_dir(tmp_path, "frozen") == models / "alad_w3_frozen"
+    assert cases.model_dir(tmp_path, "noalign_frozen") == models / "alad_w3_noalign_frozen"
+    assert cases.model_dir(tmp_path, "joint", window=5) == models / "alad_w5_joint"
+    with pytest.raises(AladError, match="several windows"):
+        cases.model_dir(tmp_path, "joint")
+    with pytest.raises(AladError, match="not a case with a saved AlAd model"):
+        cases.model_dir(tmp_path, "probe")

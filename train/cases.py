@@ -1,0 +1,159 @@
+"""The cases of a run: one table, read by the pipeline, the report and ``alad predict``.
+
+A case is one way of training a task model: which encoder it starts from,
+whether an AlAd sits on top (and which one), what moves, and which stage
+config (``config.stages.<stage>``) optimises it. Every row of ``results.json``
+is one case, for the ``windowed`` cases once per window K
+(``alad_w{K}_{case}``). Adding a case is one entry in :data:`CASES`; nothing
+else in the code names a case by its string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from flax import nnx
+
+from alad_jax.errors import AladError
+
+STUDENT, TEACHER = "student", "teacher"
+CONTINUAL, FRESH = "continual", "fresh"
+
+
+def param_filter(*parts: str):
+    """``nnx.Param`` under any of the path parts (``"head"``, ``"adapter"``); every parameter when none."""
+    if not parts:
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(p) for p in parts)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row recipe (docs/method.md, section 2).
+
+    Attributes:
+      name: what users pass (``alad predict --case frozen``) and what saved models record.
+      stage: the ``config.stages`` entry that optimises it.
+      trains: path parts of the parameters that move (``()``: every parameter).
+      encoder: ``"teacher"`` or ``"student"``: the encoder it starts from (the teacher stage's
+        own checkpoint, or the compressed student).
+      adapter: ``None`` (no AlAd), ``"continual"`` (the stage-2 AlAd of window K) or ``"fresh"``
+        (a newly initialised AlAd of window K: the no-alignment ablation).
+      row: the results row name of a case without adapter (windowed rows are ``alad_w{K}_{name}``).
+      about: one line for people.
+    """
+
+    name: str
+    stage: str
+    trains: tuple[str, ...]
+    encoder: str
+    adapter: str | None
+    about: str
+    row: str = ""
+
+    @property
+    def trainable(self):
+        """The nnx filter of what moves (the loop splits the model by it)."""
+        return param_filter(*self.trains)
+
+    @property
+    def trains_encoder(self) -> bool:
+        return not self.trains
+
+    @property
+    def windowed(self) -> bool:
+        return self.adapter is not None
+
+    @property
+    def frozen_student(self) -> bool:
+        """Its encoder is the frozen student: it can train on the student's cached output."""
+        return self.encoder == STUDENT and not self.trains_encoder
+
+    def row_name(self, window: int | None = None) -> str:
+        if not self.windowed:
+            return self.row or self.name
+        if window is None:
+            raise ValueError(f"case {self.name} needs a window K")
+        return f"alad_w{window}_{self.name}"
+
+
+TEACHER_FT = Case("teacher", "teacher", (), TEACHER, None, "the teacher, fine-tuned on the task (stage 0)")
+TEACHER_HEAD = Case("teacher_head", "teacher", ("head",), TEACHER, None,
+                    "an already fine-tuned teacher: only a new head trains", row="teacher")
+PROBE = Case("probe", "probe", ("head",), STUDENT, None, "linear probe on the frozen student",
+             row="student_probe")
+STUDENT_FT = Case("student_ft", "student_ft", (), STUDENT, None, "the student fine-tuned in full, no AlAd")
+HEAD = Case("head", "head", ("head",), STUDENT, CONTINUAL, "frozen student and AlAd, a new head trains")
+FROZEN = Case("frozen", "frozen", ("adapter", "head"), STUDENT, CONTINUAL,
+              "frozen student; AlAd and head train (the paper's main case)")
+JOINT = Case("joint", "joint", (), STUDENT, CONTINUAL, "student, AlAd and head all train")
+NOALIGN = Case("noalign_frozen", "frozen", ("adapter", "head"), STUDENT, FRESH,
+               "as frozen, but AlAd starts untrained (the no-alignment ablation)")
+
+# In run order: the teacher, the student baselines, then per window K the AlAd cases.
+CASES = (TEACHER_FT, TEACHER_HEAD, PROBE, STUDENT_FT, HEAD, FROZEN, JOINT, NOALIGN)
+BY_NAME = {case.name: case for case in CASES}
+BASELINES = tuple(c for c in CASES if c.encoder == STUDENT and not c.windowed)
+WINDOWED = tuple(c for c in CASES if c.windowed)
+DEFAULT = FROZEN  # what `alad predict --model WORKDIR` serves without --case
+# The alignment stages (1 and 2) train the AlAd of an AlignModel (student -> AlAd vs the frozen teacher).
+ALIGNMENT_TRAINS = param_filter("adapter")
+
+_WINDOWED_ROW = re.compile(r"alad_w(\d+)_(\w+)")
+
+
+def teacher_case(teacher_finetuned: bool) -> Case:
+    """The teacher row's case: a full fine-tune, or a head on an already fine-tuned teacher."""
+    return TEACHER_HEAD if teacher_finetuned else TEACHER_FT
+
+
+def parse_row(name: str) -> tuple[Case, int | None] | None:
+    """``alad_w3_frozen`` -> (FROZEN, 3); ``student_probe`` -> (PROBE, None); unknown names -> None."""
+    match = _WINDOWED_ROW.fullmatch(name)
+    if match and match.group(2) in BY_NAME and BY_NAME[match.group(2)].windowed:
+        return BY_NAME[match.group(2)], int(match.group(1))
+    for case in CASES:
+        if not case.windowed and case.row_name() == name:
+            return case, None
+    return None
+
+
+def windows_in(names) -> list[int]:
+    """Window sizes K with at least one windowed row among ``names``, ascending."""
+    return sorted({parsed[1] for parsed in map(parse_row, names) if parsed and parsed[1] is not None})
+
+
+def by_name(name: str) -> Case:
+    """The windowed case called ``name`` (what ``--case`` accepts), or one clear error."""
+    case = BY_NAME.get(name)
+    if case is None or not case.windowed:
+        raise AladError(f"--case {name!r} is not a case with a saved AlAd model; use one of "
+                        f"{', '.join(c.name for c in WINDOWED)}")
+    return case
+
+
+def model_dir(workdir: str | Path, case: str = DEFAULT.name, window: int | None = None,
+              marker: str = "alad.json") -> Path:
+    """``workdir/models/alad_w{K}_{case}``; with ``window=None`` the only K saved for that case.
+
+    ``marker`` is the file that makes a directory a saved model.
+    """
+    chosen = by_name(case)
+    models = Path(workdir) / "models"
+    if not models.is_dir():
+        raise AladError(f"{workdir} has no models/ directory; pass the --workdir of a finished alad run")
+    found = sorted(p.name for p in models.iterdir()
+                   if (p / marker).is_file() and (parsed := parse_row(p.name)) and parsed[0] is chosen)
+    if window is not None:
+        name = chosen.row_name(window)
+        if name not in found:
+            raise AladError(f"{models / name} is not a saved model (saved for case {case!r}: {found or 'none'}); "
+                            "pick another --case/--window or finish the run")
+        return models / name
+    if len(found) != 1:
+        what = "no saved model" if not found else f"several windows ({', '.join(found)})"
+        raise AladError(f"{models}: {what} for case {case!r}; "
+                        + ("pass --window K" if found else "finish alad run first, or pick another --case"))
+    return models / found[0]
