@@ -16,7 +16,7 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, export_predictor, load_exported, save_aligned_model
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
-from alad_train.models import TaskModel
+from alad_jax.models.task_model import TaskModel
 
 # jax.export (de)serialization is written with flatbuffers, a dependency of this project.
 pytest.importorskip("flatbuffers")

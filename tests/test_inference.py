@@ -9,15 +9,16 @@ import pytest
 from flax import nnx
 from safetensors import safe_open
 
-from alad_jax import cli
+from alad_train import cli
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.data import tagging
 from alad_jax.data.readers import TaggedSentence, read_conll, read_conllu
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, load_aligned_model, save_aligned_model
-from alad_jax.inference.predictor import model_dir_of_workdir
+from alad_train.cases import model_dir as model_dir_of_workdir
+from alad_train.predict import resolve_model
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
-from alad_train.models import TaskModel
+from alad_jax.models.task_model import TaskModel
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -175,12 +176,12 @@ def test_from_workdir_finds_the_case_and_window(tmp_path, tokenizer, saved):
     w5 = _tiny_model(7, window=5)
     _save(w5, models / "alad_w5_frozen", tokenizer)
     _save(saved[1], models / "alad_w3_frozen", tokenizer)
-    got = Predictor.from_workdir(tmp_path / "work", "frozen", window=5).predict_words(SENTENCES[:2])
+    got = Predictor.open(resolve_model(tmp_path / "work", "frozen", window=5)).predict_words(SENTENCES[:2])
     assert got == [_direct_labels(w5, tokenizer, s) for s in SENTENCES[:2]]
     with pytest.raises(AladError, match="pass --window K"):
-        Predictor.from_workdir(tmp_path / "work", "frozen")
+        resolve_model(tmp_path / "work", "frozen")
     with pytest.raises(AladError, match="no saved model for case 'joint'"):
-        Predictor.from_workdir(tmp_path / "work", "joint")
+        resolve_model(tmp_path / "work", "joint")
 
 
 def test_frozen_case_is_not_confused_with_noalign_frozen(tmp_path, tokenizer, saved):
@@ -253,7 +254,7 @@ def test_qa_predictor_answers_like_direct_span_decoding(tmp_path, tokenizer):
     from alad_jax.data.readers import QAExample
     from alad_jax.inference.predictor import QAPredictor
     from alad_jax.models.heads import QAHead
-    from alad_train.models import predict_spans
+    from alad_jax.models.task_model import predict_spans
 
     rngs = nnx.Rngs(5)
     config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2,

@@ -20,7 +20,8 @@ from flax import nnx
 from alad_jax.config import load_config
 from alad_jax.data import qa
 from alad_jax.inference import load_aligned_model
-from alad_jax.inference.predictor import QAPredictor, model_dir_of_workdir
+from alad_jax.inference.predictor import QAPredictor
+from alad_train.cases import model_dir as model_dir_of_workdir
 from alad_jax.metrics import squad_v2_scores
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder

@@ -12,7 +12,6 @@ answers the task scored.
 import json
 import math
 
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -26,7 +25,7 @@ from alad_jax.inference.predictor import QAPredictor
 from alad_jax.metrics import squad_v2_scores
 from alad_jax.models import EncoderConfig, QAHead, build_encoder, hub
 from alad_train import tasks
-from alad_train.models import TaskModel
+from alad_jax.models.task_model import TaskModel
 
 MAX_LENGTH, STRIDE = 64, 16
 CONTEXTS = [

@@ -41,7 +41,9 @@ def run_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     workdir = root / "runs" / "default"
     tokenizer = hub.load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
-    hub.save_encoder(_encoder(24, 0), workdir / "models" / "teacher", tokenizer=tokenizer)
+    save_aligned_model(workdir / "models" / "teacher", encoder=_encoder(24, 0), adapter=None,
+                       head=TaggingHead(24, len(UPOS_LABELS), rngs=nnx.Rngs(4)), labels=UPOS_LABELS, task="pos",
+                       max_length=32, stride=8, tokenizer=tokenizer, meta={"teacher": "t", "student": "t"})
     student = _encoder(16, 1)
     hub.save_encoder(student, workdir / "models" / "student", tokenizer=tokenizer)
     adapter = AlignmentAdapter(16, 24, 3, 32, rngs=nnx.Rngs(2))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from alad_jax.errors import AladError
+from alad_train import cases
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="label text with a saved aligned model or a finished work directory")
     predict.add_argument("--model", required=True,
                          help="saved aligned model directory, exported serving artifact, or a work directory")
-    predict.add_argument("--case", default="frozen", help="which trained case of a work directory (default frozen)")
+    predict.add_argument("--case", default=cases.DEFAULT.name, choices=[c.name for c in cases.WINDOWED],
+                         help=f"which trained case of a work directory (default {cases.DEFAULT.name})")
     predict.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
     predict.add_argument("--text", action="append", help="a raw sentence, split on whitespace (repeatable)")
     predict.add_argument("--words", action="append", nargs="+", metavar="WORD",
@@ -70,17 +72,17 @@ def _enable_compilation_cache() -> None:
 
 
 def _run(args) -> int:
-    from alad_jax import sharding
+    from alad_jax import distributed
     from alad_jax.config import load_config
     from alad_train import pipeline
 
-    sharding.initialize_distributed()
+    distributed.initialize_distributed()
     _enable_compilation_cache()
     config = load_config(args.config, args.overrides)
     name = Path(args.config).stem if args.config else "default"
     workdir = Path(args.workdir or Path("runs") / name)
     results = pipeline.run(config, workdir, restart=args.restart)
-    if sharding.is_primary():
+    if distributed.is_primary():
         print(f"results: {workdir / 'results.md'} ({len(results['rows'])} rows)")
     return 0
 
@@ -94,9 +96,9 @@ def _compress(args) -> int:
 
 
 def _predict(args) -> int:
-    from alad_jax.inference import predictor
+    from alad_train import predict
 
-    return predictor.main(args)
+    return predict.main(args)
 
 
 def _bench(args) -> int:

@@ -1,7 +1,9 @@
 """Inference: saved aligned models, the jitted word-level predictor, and the serving export.
 
-- :mod:`~alad_jax.inference.predictor`: ``save_aligned_model`` / ``load_aligned_model``
-  and :class:`Predictor` (words in, labels out, bucketed shapes);
+- :mod:`~alad_jax.inference.saved_model`: ``save_aligned_model`` / ``load_aligned_model``
+  (the one directory format every run hands over and serves);
+- :mod:`~alad_jax.inference.predictor`: :class:`Predictor` (words in, labels out, bucketed
+  shapes) and :class:`QAPredictor`;
 - :mod:`~alad_jax.inference.export`: ``export_predictor`` / ``load_exported``
   (``jax.export`` StableHLO, reloadable with jax alone).
 
@@ -13,10 +15,12 @@ import importlib
 
 _EXPORTS = {
     "CompiledTagger": "predictor",
-    "LoadedModel": "predictor",
+    "LoadedModel": "saved_model",
     "Predictor": "predictor",
-    "load_aligned_model": "predictor",
-    "save_aligned_model": "predictor",
+    "QAPredictor": "predictor",
+    "load_aligned_model": "saved_model",
+    "load_info": "saved_model",
+    "save_aligned_model": "saved_model",
     "ExportedTagger": "export",
     "export_predictor": "export",
     "load_exported": "export",
