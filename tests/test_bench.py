@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 import pytest
 from flax import nnx
 
-from alad_jax import cli
+from alad_train import cli
 from alad_jax.models import EncoderConfig, build_encoder, hub
 from alad_train import bench
 

@@ -14,8 +14,9 @@ from alad_jax.config import OptimConfig, StageConfig
 from alad_jax.data import batching, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import EncoderConfig, build_encoder
-from alad_train import models
-from alad_train.loop import make_optimizer, make_train_step
+from alad_train import cases, models
+from alad_train.loop import make_optimizer
+from alad_train.state import make_train_step
 
 VOCAB = 120
 
@@ -176,7 +177,7 @@ def test_training_from_cache_matches_uncached_path(tmp_path, rows, student, teac
         return AlignmentAdapter(16, 24, 3, 32, rngs=nnx.Rngs(7))
 
     start = adapter()
-    uncached_losses, align_model = train(models.AlignModel(student, teacher, adapter()), models.TRAINABLE["frozen"],
+    uncached_losses, align_model = train(models.AlignModel(student, teacher, adapter()), cases.ALIGNMENT_TRAINS,
                                          models.align_loss, lambda b: b)
     cached_losses, cached_adapter = train(adapter(), nnx.Param, models.cached_align_loss, cache.gather)
 

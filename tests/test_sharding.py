@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from alad_jax import sharding
+from alad_jax import distributed, sharding
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.errors import AladError
 from alad_jax.models.config import EncoderConfig
@@ -149,22 +149,22 @@ def test_process_rows_is_the_whole_batch_for_one_process_and_checks_divisibility
 def test_initialize_distributed_is_a_no_op_alone_and_rejects_half_set_environments(monkeypatch):
     for name in ("ALAD_COORDINATOR", "ALAD_NUM_PROCESSES", "ALAD_PROCESS_ID", "ALAD_DISTRIBUTED"):
         monkeypatch.delenv(name, raising=False)
-    sharding.initialize_distributed()
-    assert jax.process_count() == 1 and sharding.is_primary()
+    distributed.initialize_distributed()
+    assert jax.process_count() == 1 and distributed.is_primary()
     monkeypatch.setenv("ALAD_COORDINATOR", "localhost:1234")
     with pytest.raises(AladError, match="ALAD_NUM_PROCESSES"):
-        sharding.initialize_distributed()
+        distributed.initialize_distributed()
     monkeypatch.setenv("ALAD_NUM_PROCESSES", "2")
     monkeypatch.setenv("ALAD_PROCESS_ID", "2")
     with pytest.raises(AladError, match=r"ALAD_PROCESS_ID=2 is outside 0..1"):
-        sharding.initialize_distributed()
+        distributed.initialize_distributed()
     monkeypatch.setenv("ALAD_PROCESS_ID", "x")
     with pytest.raises(AladError, match="not an integer"):
-        sharding.initialize_distributed()
+        distributed.initialize_distributed()
 
 
 def test_throughput_metrics_divide_tokens_by_seconds_and_devices():
-    metrics = sharding.throughput_metrics(num_tokens=3000, seconds=1.5)
+    metrics = distributed.throughput_metrics(num_tokens=3000, seconds=1.5)
     assert metrics["tokens_per_s"] == pytest.approx(2000.0)
     assert metrics["tokens_per_s_per_device"] == pytest.approx(2000.0 / jax.device_count())
 
@@ -172,7 +172,7 @@ def test_throughput_metrics_divide_tokens_by_seconds_and_devices():
 def test_device_memory_stats_is_none_where_the_backend_reports_nothing():
     if jax.default_backend() != "cpu":
         pytest.skip("CPU-only expectation")
-    assert sharding.device_memory_stats() is None
+    assert distributed.device_memory_stats() is None
 
 
 # --- 8 simulated devices -------------------------------------------------------------------

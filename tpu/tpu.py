@@ -17,7 +17,7 @@ shell, with every user-given value quoted. Needs the Google Cloud SDK
 (``gcloud``) logged in to a project with TPU quota; nothing else.
 
 ``launch`` starts ``alad run`` on all workers at once with
-``ALAD_DISTRIBUTED=auto``, so ``alad_jax.sharding.initialize_distributed()``
+``ALAD_DISTRIBUTED=auto``, so ``alad_jax.distributed.initialize_distributed()``
 calls ``jax.distributed.initialize()``, which finds the other workers of the
 slice by itself. It records the run's pid in ``alad-jax/alad-run.pid`` and
 refuses to start a second run while that one is alive; ``stop`` kills the

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -44,15 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alad_jax import sharding
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config, load_config
 from alad_jax.errors import AladError
 from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models import compress, hub
+from alad_jax.models.task_model import TaskModel
 from alad_jax.models.heads import TaggingHead
-from alad_train import models, tasks
-from alad_train.loop import make_optimizer, make_train_step
+from alad_train import cases, models, tasks
+from alad_train.loop import make_optimizer
+from alad_train.state import train_state_of
 
 SEQ = 128
 LATENCY_BATCHES = (1, 32)
@@ -145,12 +147,10 @@ def _latencies(forwards: dict, reps: dict, vocab: int) -> dict:
 
 
 class _Trainer:
-    """The pipeline's train step (alad_train.loop), compiled ahead of time once per batch shape."""
+    """The pipeline's training state and step (alad_train.state), compiled ahead of time once per batch shape."""
 
     def __init__(self, model: nnx.Module, trainable, loss_fn, optimizer):
-        graphdef, self.params, self.frozen = nnx.split(model, trainable, ...)
-        self.opt_state = optimizer.init(self.params)
-        self._jitted = jax.jit(make_train_step(graphdef, loss_fn, optimizer), donate_argnums=(0, 2))
+        self.state = train_state_of(model, trainable, loss_fn, optimizer, sharding.make_mesh())
         self._compiled = {}
 
     @staticmethod
@@ -163,13 +163,15 @@ class _Trainer:
         if shape in self._compiled:
             return 0.0
         start = time.perf_counter()
-        self._compiled[shape] = self._jitted.lower(
-            self.params, self.frozen, self.opt_state, batch, jax.random.key(0)).compile()
+        state = self.state
+        self._compiled[shape] = state.step_fn.lower(
+            state.trainable, state.frozen, state.opt_state, batch, jax.random.key(0)).compile()
         return time.perf_counter() - start
 
     def step(self, batch: dict, key: jax.Array) -> dict:
-        self.params, self.opt_state, metrics = self._compiled[self._shape(batch)](
-            self.params, self.frozen, self.opt_state, batch, key)
+        state = self.state
+        state.trainable, state.opt_state, metrics = self._compiled[self._shape(batch)](
+            state.trainable, state.frozen, state.opt_state, batch, key)
         return metrics
 
     def epoch(self, batches: list[dict], prepare=None) -> tuple[float, list[float], float]:
@@ -181,7 +183,7 @@ class _Trainer:
         for i, batch in enumerate(batches):
             metrics = self.step(prepare(batch) if prepare else batch, jax.random.fold_in(base, i))
             losses.append(metrics["loss"])
-        jax.block_until_ready(self.params)
+        jax.block_until_ready(self.state.trainable)
         seconds = time.perf_counter() - start
         return seconds, [float(x) for x in losses], compile_s
 
@@ -219,11 +221,11 @@ def _load_models(cfg: Config, workdir: Path):
 def _latency_models(cfg: Config, teacher, student, num_labels: int) -> dict[str, CompiledTagger]:
     rngs = nnx.Rngs(cfg.seed)
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
-    forwards = {"student": CompiledTagger(models.TaskModel(student, TaggingHead(ds, num_labels, rngs=rngs)))}
+    forwards = {"student": CompiledTagger(TaskModel(student, TaggingHead(ds, num_labels, rngs=rngs)))}
     for k in WINDOWS:
         adapter = AlignmentAdapter(ds, dt, k, cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=rngs)
-        forwards[f"alad_w{k}"] = CompiledTagger(models.TaskModel(student, TaggingHead(dt, num_labels, rngs=rngs), adapter))
-    forwards["teacher"] = CompiledTagger(models.TaskModel(teacher, TaggingHead(dt, num_labels, rngs=rngs)))
+        forwards[f"alad_w{k}"] = CompiledTagger(TaskModel(student, TaggingHead(dt, num_labels, rngs=rngs), adapter))
+    forwards["teacher"] = CompiledTagger(TaskModel(teacher, TaggingHead(dt, num_labels, rngs=rngs)))
     return forwards
 
 
@@ -237,7 +239,7 @@ def _stage2(cfg: Config, teacher, student, rows, batches, workdir: Path) -> dict
         return AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, window, cfg.adapter_hidden,
                                 impl=cfg.adapter_impl, rngs=nnx.Rngs(cfg.seed))
 
-    uncached = _Trainer(models.AlignModel(student, teacher, adapter()), models.TRAINABLE["frozen"],
+    uncached = _Trainer(models.AlignModel(student, teacher, adapter()), cases.ALIGNMENT_TRAINS,
                         models.align_loss, optimizer)
     uncached_s, uncached_losses, uncached_compile = uncached.epoch(batches)
     build_s = _seconds(lambda: HiddenCache.build(workdir / "cache", rows, student, teacher))
@@ -294,86 +296,15 @@ def _adapter_step(cfg: Config, student_dim: int, teacher_dim: int, effort: Effor
             "ms": by_impl[chosen] * 1e3, "ms_by_impl": {k: v * 1e3 for k, v in by_impl.items()}}
 
 
-# --------------------------------------------------------------------------- the PyTorch recipe
-
-
-def _require_torch() -> None:
-    if importlib.util.find_spec("torch") is None:
-        raise AladError("alad bench --vs-torch needs PyTorch, which is not installed; install it with "
-                        "`bash scripts/setup.sh torch` (or drop --vs-torch)")
-
-
-def _torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: list[dict], num_labels: int,
-                  effort: Effort) -> dict:
-    """The authors' recipe: frozen BertModel teacher and student, nn.Linear adapter, AdamW, no cache."""
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(cfg.seed)
-    teacher = transformers.BertModel.from_pretrained(str(teacher_dir)).eval()
-    student = transformers.BertModel.from_pretrained(str(student_dir)).eval()
-    ds, dt, window = student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0]
-
-    class Adapter(torch.nn.Module):
-        """Windows padded at the batch edges only, as in the reference code."""
-
-        def __init__(self, k: int):
-            super().__init__()
-            self.k = k
-            self.fc1 = torch.nn.Linear(k * ds, cfg.adapter_hidden)
-            self.fc2 = torch.nn.Linear(cfg.adapter_hidden, dt)
-
-        def forward(self, hidden):
-            r, length = self.k // 2, hidden.shape[1]
-            padded = torch.nn.functional.pad(hidden, (0, 0, r, r))
-            windows = torch.cat([padded[:, j : j + length] for j in range(self.k)], dim=-1)
-            return self.fc2(torch.nn.functional.gelu(self.fc1(windows)))
-
-    adapter = Adapter(window)
-    stage, optim = cfg.stages.continual, cfg.optim
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=stage.lr, betas=(optim.b1, optim.b2), eps=optim.eps,
-                                  weight_decay=stage.weight_decay)
-
-    def step(batch):
-        ids = torch.from_numpy(batch["input_ids"]).long()
-        mask = torch.from_numpy(batch["attention_mask"]).long()
-        with torch.no_grad():
-            s = student(input_ids=ids, attention_mask=mask).last_hidden_state
-            t = teacher(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).float()
-        loss = (((adapter(s) - t) ** 2) * m).sum() / m.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapter.parameters(), optim.clip_norm)
-        optimizer.step()
-
-    timed = batches[: effort.torch_batches] if effort.torch_batches else batches
-    for batch in _one_per_shape(timed):
-        step(batch)  # warm-up: allocator and kernel selection, like our compilation
-    seconds = _seconds(lambda: [step(b) for b in timed])
-    tokens = int(sum(b["attention_mask"].sum() for b in timed))
-
-    head = torch.nn.Linear(dt, num_labels)
-    latency = {}
-    with torch.inference_mode():
-        for rows in LATENCY_BATCHES:
-            ids = torch.from_numpy(np.random.default_rng(rows).integers(1000, student.config.vocab_size, (rows, SEQ)))
-            mask = torch.ones_like(ids)
-            run = lambda: head(adapter(student(input_ids=ids, attention_mask=mask).last_hidden_state)).argmax(-1)
-            run()
-            latency[f"b{rows}"] = _percentiles([_seconds(run) for _ in range(effort.latency_reps[rows])])
-    return {"batches": len(timed), "tokens": tokens, "seconds": seconds, "latency": latency,
-            "threads": torch.get_num_threads(), "version": torch.__version__}
-
-
 # --------------------------------------------------------------------------- the document
 
 
 def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> dict:
     """Every measurement, as the JSON-able dict ``alad bench`` prints."""
     if vs_torch:
-        _require_torch()
+        from alad_train import bench_torch  # torch is an optional extra: imported only when asked for
+
+        bench_torch.require_torch()
     effort = QUICK if quick else FULL
     cfg = copy.deepcopy(cfg)  # --quick shrinks the data section
     started = time.perf_counter()
@@ -394,7 +325,7 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         step = _adapter_step(cfg, student.config.hidden_size, teacher.config.hidden_size, effort)
         peak_after = _peak_gflops(effort)
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        torch_result = (_torch_recipe(cfg, teacher_dir, student_dir, batches, num_labels, effort)
+        torch_result = (bench_torch.torch_recipe(cfg, teacher_dir, student_dir, batches, num_labels, effort)
                         if vs_torch else None)
 
     ds, dt, hidden = student.config.hidden_size, teacher.config.hidden_size, cfg.adapter_hidden

@@ -1,12 +1,12 @@
 """The one training loop behind every stage and case.
 
 A stage is an :class:`Objective`: a model, a parameter filter saying what
-moves, and a loss. The loop splits the model into trainable and frozen state
-(``nnx.split``), jits a pure step ``(trainable, frozen, opt_state, batch, key)
--> (trainable, opt_state, metrics)`` over the device mesh, evaluates after each
-epoch, keeps the best parameters by the stage's validation score, and writes
-resumable orbax checkpoints: a killed run restarts from its last checkpoint
-and ends with the same numbers as an uninterrupted one.
+moves, and a loss. The loop builds its training state with the one factory
+(:func:`alad_train.state.create_train_state`: trainable and frozen state on the
+device mesh, a pure jitted step), evaluates after each epoch, keeps the best
+parameters by the stage's validation score, and writes resumable checkpoints
+in the one named format (:mod:`alad_jax.checkpoints`): a killed run restarts
+from its last checkpoint and ends with the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from alad_jax import sharding
+from alad_jax import distributed, sharding
+from alad_jax.checkpoints import Checkpoints
+from alad_jax.param_count import count_params
 from alad_jax.config import OptimConfig, StageConfig
-from alad_jax.errors import AladError
+from alad_train.state import LossFn, create_train_state
 
 Batch = dict[str, np.ndarray]
 LOG_EVERY = 10  # steps between scalar logs (loss, tokens/s, device memory)
-LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass
@@ -86,87 +86,6 @@ def improves(score: float, best: float | None, higher_is_better: bool, min_delta
     return score - best > min_delta if higher_is_better else best - score > min_delta
 
 
-def _key_name(key) -> str:
-    """One path element of a pytree key path as plain text (dict key, attribute or index)."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def count_params(state: nnx.State) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state)))
-
-
-def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation):
-    def step(trainable, frozen, opt_state, batch, key):
-        def compute(trainable):
-            model = nnx.merge(graphdef, trainable, frozen)
-            return loss_fn(model, batch, key)
-
-        (loss, metrics), grads = jax.value_and_grad(compute, has_aux=True)(trainable)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
-        return trainable, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
-
-    return step
-
-
-class _Checkpoints:
-    """Orbax checkpoints of named state ``{"trainable", "opt_state", "best"}`` plus JSON progress.
-
-    Every array is stored under its pytree path (``trainable/encoder/layers/0/attention/query/kernel``),
-    so a restore matches tensors by name: a change of tree order can never swap two
-    same-shaped tensors, and a renamed or missing tensor is an error naming it.
-    """
-
-    PARTS = ("trainable", "opt_state", "best")
-
-    def __init__(self, directory: Path):
-        self.manager = ocp.CheckpointManager(
-            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        )
-
-    @classmethod
-    def _named(cls, tree) -> dict[str, Any]:
-        """``(trainable, opt_state, best)`` -> one flat dict keyed by each leaf's path."""
-        out = {}
-        for part, subtree in zip(cls.PARTS, tree):
-            for path, leaf in jax.tree_util.tree_flatten_with_path(subtree)[0]:
-                out["/".join([part, *(_key_name(k) for k in path)])] = leaf
-        return out
-
-    def save(self, step: int, tree, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(self._named(tree)), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
-        self.manager.wait_until_finished()
-
-    def restore(self, like) -> tuple[Any, dict] | None:
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        named = self._named(like)
-        abstract = {name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-                    for name, x in named.items()}
-        try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-            )
-            flat = [restored.state[name] for name in named]
-        except (KeyError, ValueError) as e:
-            raise AladError(
-                f"checkpoint {self.manager.directory / str(step)} does not match this stage's state ({e}); "
-                f"delete that directory to restart the stage"
-            ) from None
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), flat), restored.meta
-
-    def close(self) -> None:
-        self.manager.close()
-
-
 def fit(
     objective: Objective,
     *,
@@ -205,21 +124,16 @@ def fit(
         total_steps = min(total_steps, stage.max_steps)
     optimizer = make_optimizer(stage, optim, total_steps)
 
-    trainable, opt_state, shardings = sharding.init_train_state(trainable, optimizer, mesh)
-    frozen = sharding.put(frozen, sharding.state_shardings(frozen, mesh))
-    step_fn = jax.jit(
-        make_train_step(graphdef, objective.loss_fn, optimizer),
-        out_shardings=(shardings.params, shardings.opt_state, shardings.replicated),
-        donate_argnums=(0, 2),
-    )
-    best = jax.tree_util.tree_map(jnp.copy, trainable)
+    state = create_train_state(graphdef, trainable, frozen, objective.loss_fn, optimizer, mesh)
+    best = jax.tree_util.tree_map(jnp.copy, state.trainable)
 
     meta = {"step": 0, "best_score": None, "best_epoch": 0, "evals_since_best": 0, "history": [], "seconds": 0.0,
             "tokens": 0, "done": False, "stopped": "", "loss_sum": 0.0, "loss_count": 0}
-    checkpoints = _Checkpoints(checkpoint_dir)
-    restored = checkpoints.restore((trainable, opt_state, best))
+    checkpoints = Checkpoints(checkpoint_dir)
+    restored = checkpoints.restore({"trainable": state.trainable, "opt_state": state.opt_state, "best": best})
     if restored is not None:
-        (trainable, opt_state, best), saved_meta = restored
+        parts, saved_meta = restored
+        state.trainable, state.opt_state, best = parts["trainable"], parts["opt_state"], parts["best"]
         meta.update(saved_meta)
     base_key = jax.random.key(seed)
     step = last_saved = meta["step"]
@@ -236,11 +150,11 @@ def fit(
         nonlocal last_saved
         flush_losses()
         meta.update(step=step, seconds=time.perf_counter() - started)
-        checkpoints.save(step, (trainable, opt_state, best), meta)
+        checkpoints.save(step, {"trainable": state.trainable, "opt_state": state.opt_state, "best": best}, meta)
         last_saved = step
 
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", mininterval=2.0, dynamic_ncols=True,
-               disable=not sharding.is_primary())
+               disable=not distributed.is_primary())
     out_of_time = stage.max_seconds and meta["seconds"] >= stage.max_seconds
     window_start, window_tokens = time.perf_counter(), meta["tokens"]
     while not meta["done"] and not out_of_time and step < total_steps:
@@ -248,7 +162,7 @@ def fit(
         for batch in batches_for_epoch(epoch)[offset:]:
             key = jax.random.fold_in(base_key, step)
             device_batch = sharding.shard_batch(prepare(batch) if prepare else batch, mesh)
-            trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, device_batch, key)
+            metrics = state.step(device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
             step += 1
             if on_step:
@@ -258,8 +172,8 @@ def fit(
             if log_scalars and step % LOG_EVERY == 0:
                 now = time.perf_counter()
                 scalars = {k: float(v) for k, v in metrics.items()}
-                scalars.update(sharding.throughput_metrics(meta["tokens"] - window_tokens, now - window_start))
-                scalars.update(sharding.device_memory_stats() or {})
+                scalars.update(distributed.throughput_metrics(meta["tokens"] - window_tokens, now - window_start))
+                scalars.update(distributed.device_memory_stats() or {})
                 log_scalars(name, step, scalars)
                 window_start, window_tokens = now, meta["tokens"]
             out_of_time = bool(stage.max_seconds) and time.perf_counter() - started >= stage.max_seconds
@@ -269,10 +183,10 @@ def fit(
                 save()
         # End of an epoch (or of the budget): validate, keep the best.
         flush_losses()
-        score, eval_metrics = evaluate(nnx.merge(graphdef, trainable, frozen))
+        score, eval_metrics = evaluate(state.model())
         if improves(float(score), meta["best_score"], higher_is_better, stage.min_delta):
             meta["best_score"], meta["best_epoch"], meta["evals_since_best"] = float(score), epoch + 1, 0
-            best = jax.tree_util.tree_map(jnp.copy, trainable)
+            best = jax.tree_util.tree_map(jnp.copy, state.trainable)
         else:
             meta["evals_since_best"] += 1
         train_loss = meta["loss_sum"] / meta["loss_count"] if meta["loss_count"] else float("nan")
@@ -296,7 +210,7 @@ def fit(
     checkpoints.close()
     seconds = meta["seconds"] if meta["done"] else time.perf_counter() - started
     return FitResult(
-        model=nnx.merge(graphdef, best, frozen),
+        model=state.model(best),
         best_score=float(meta["best_score"]) if meta["best_score"] is not None else float("nan"),
         history=list(meta["history"]),
         epochs_run=len(meta["history"]),
@@ -304,7 +218,7 @@ def fit(
         stopped=meta["stopped"],
         steps=step,
         seconds=float(seconds),
-        trainable_params=count_params(trainable),
+        trainable_params=count_params(state.trainable),
         tokens_per_s=meta["tokens"] / max(seconds, 1e-9),
         resumed_seconds=float(resumed_seconds),
     )

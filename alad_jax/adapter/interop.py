@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -25,6 +24,7 @@ from safetensors.numpy import save_file
 
 from alad_jax.adapter.modeling import AlignmentAdapter, _check_window
 from alad_jax.errors import AladError
+from alad_jax.param_count import count_params
 
 _TENSORS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 
@@ -189,7 +189,7 @@ def adapter_param_report(
     Returns ``{"adapter": n, "pct_of_teacher": float | None, "pct_of_student": float | None}``
     (None where that model's count was not given).
     """
-    n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(adapter, nnx.Param)))
+    n = count_params(adapter)
 
     def pct(total: int | None) -> float | None:
         if total is None:

@@ -11,13 +11,13 @@ from alad_jax.models.heads import QAHead, TaggingHead
 from alad_jax.models.hub import (
     PACKAGED_ARCHIVES,
     PACKAGED_MODELS,
-    count_params,
     load_encoder,
     load_tokenizer,
     resolve_model_dir,
     save_encoder,
 )
 from alad_jax.models.modeling import BertEncoder, DistilBertEncoder, EncoderOutput, MPNetEncoder, build_encoder
+from alad_jax.param_count import count_params
 
 __all__ = [
     "PACKAGED_ARCHIVES",

@@ -271,6 +271,3 @@ def save_encoder(encoder, out_dir, *, tokenizer=None) -> pathlib.Path:
     return out
 
 
-def count_params(module: nnx.Module) -> int:
-    """Number of scalars in the module's nnx.Param variables."""
-    return sum(int(np.prod(var.shape)) for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)))

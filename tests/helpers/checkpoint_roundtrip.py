@@ -1,4 +1,4 @@
-"""Worker: write a sharded checkpoint on a (4, 2) mesh of 8 CPU devices, read it onto other layouts.
+"""Worker: write a checkpoint (the format fit uses) on a (4, 2) mesh of 8 CPU devices, read it onto other layouts.
 
     python tests/helpers/checkpoint_roundtrip.py DIR
 
@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 
 import tiny_task_model as tiny  # noqa: E402
 from alad_jax import sharding  # noqa: E402
+from alad_jax.checkpoints import Checkpoints, abstract_on  # noqa: E402
 
 
 def _layout(tree, shardings=None) -> dict[str, str]:
@@ -48,7 +49,8 @@ def main() -> None:
         return tree, {"params": sh.params, "frozen": frozen_sh, "opt_state": sh.opt_state}
 
     saved, _ = place(sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=2)))
-    sharding.save_sharded(os.path.join(directory, "ckpt"), saved)
+    with Checkpoints(os.path.join(directory, "ckpt")) as checkpoints:
+        checkpoints.save(0, saved)
     saved_host = tiny.flat_numpy(saved)
 
     targets = {
@@ -58,7 +60,8 @@ def main() -> None:
     report = {"saved_layout": _layout(saved)}
     for name, mesh in targets.items():
         _, shardings = place(mesh)
-        restored = sharding.restore_sharded(os.path.join(directory, "ckpt"), sharding.abstract_like(saved, shardings))
+        with Checkpoints(os.path.join(directory, "ckpt")) as checkpoints:
+            restored, _ = checkpoints.restore(abstract_on(saved, shardings))
         restored_host = tiny.flat_numpy(restored)
         report[name] = {
             "same_keys": sorted(restored_host) == sorted(saved_host),

@@ -26,14 +26,15 @@ os.environ["XLA_FLAGS"] = (
 )
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-from alad_jax import sharding  # noqa: E402  (imports jax after XLA_FLAGS)
+from alad_jax import distributed, sharding  # noqa: E402  (imports jax after XLA_FLAGS)
 
-sharding.initialize_distributed()
+distributed.initialize_distributed()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tiny_task_model as tiny  # noqa: E402
+from alad_jax.checkpoints import Checkpoints, abstract_on  # noqa: E402
 
 
 def _fraction_held_here(x: jax.Array) -> float:
@@ -49,11 +50,10 @@ def main() -> None:
     history, trainable, _, opt_state, sh = tiny.train_sharded(mesh, args.steps, rows=rows)
 
     checkpoint = os.path.join(args.out, "checkpoint")
-    sharding.save_sharded(checkpoint, {"params": trainable, "opt_state": opt_state})
-    target = sharding.abstract_like(
-        {"params": trainable, "opt_state": opt_state}, {"params": sh.params, "opt_state": sh.opt_state}
-    )
-    restored = sharding.restore_sharded(checkpoint, target)
+    target = abstract_on({"params": trainable, "opt_state": opt_state}, {"params": sh.params, "opt_state": sh.opt_state})
+    with Checkpoints(checkpoint) as checkpoints:  # the format fit checkpoints in, every process writing its shards
+        checkpoints.save(0, {"params": trainable, "opt_state": opt_state})
+        restored, _ = checkpoints.restore(target)
 
     params = tiny.flat_numpy(trainable)
     saved_host = tiny.flat_numpy({"params": trainable, "opt_state": opt_state})
@@ -64,7 +64,7 @@ def main() -> None:
     held_here = {
         sharding.path_str(p): _fraction_held_here(x) for p, x in jax.tree_util.tree_leaves_with_path(trainable)
     }
-    if sharding.is_primary():
+    if distributed.is_primary():
         np.savez(os.path.join(args.out, "params.npz"), **params)
         with open(os.path.join(args.out, "result.json"), "w") as f:
             json.dump(

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alad_jax import cache, cli
+from alad_jax import cache
+from alad_train import cli
 from alad_train import pipeline
 
 

@@ -22,7 +22,7 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.modeling import build_encoder
-from alad_train.loop import make_train_step
+from alad_train.state import create_train_state, make_train_step
 
 ROWS, SEQ, NUM_LABELS = 16, 8, 5
 IGNORE_INDEX = -100
@@ -119,28 +119,21 @@ def train_single_device(steps: int, seed: int = 0):
 
 
 def train_sharded(mesh, steps: int, seed: int = 0, rows: slice = slice(None)):
-    """``steps`` steps over ``mesh``, feeding ``make_batch(i)[rows]`` from this process.
+    """``steps`` steps over ``mesh`` through the training state factory ``fit`` uses, feeding
+    ``make_batch(i)[rows]`` from this process.
 
     Returns (history, trainable, frozen, opt_state, shardings), arrays still on the mesh.
     """
     graphdef, trainable, frozen, tx = init(seed)
-    trainable, opt_state, sh = sharding.init_train_state(trainable, tx, mesh)
-    frozen_sh = sharding.state_shardings(frozen, mesh)
-    frozen = sharding.put(frozen, frozen_sh)
-    step_fn = jax.jit(
-        make_step(graphdef, tx),
-        in_shardings=(sh.params, frozen_sh, sh.opt_state, sh.batch, sh.replicated),
-        out_shardings=(sh.params, sh.opt_state, sh.replicated),
-        donate_argnums=(0, 2),
-    )
+    state = create_train_state(graphdef, trainable, frozen, lambda m, b, k: (loss_fn(m, b, k), {}), tx, mesh)
     history = []
     for i in range(steps):
         local = {k: v[rows] for k, v in make_batch(i).items()}
         batch = sharding.shard_batch(local, mesh)
         key = sharding.replicate(step_key(i), mesh)
-        trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, batch, key)
+        metrics = state.step(batch, key)
         history.append({k: float(v) for k, v in metrics.items()})
-    return history, trainable, frozen, opt_state, sh
+    return history, state.trainable, state.frozen, state.opt_state, state.shardings
 
 
 def flat_numpy(tree) -> dict[str, np.ndarray]:

@@ -1,0 +1,61 @@
+"""What a run measures besides its dev/test scores: latency of every row's model, and cosine to the teacher."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from alad_jax.adapter import token_cosine_sum
+from alad_jax.cache import HiddenCache
+from alad_jax.data import batching
+from alad_jax.models import task_model
+from alad_jax.models.task_model import TaskModel
+
+
+def latency_batch(batch: dict, shape: tuple[int, int], *, qa: bool) -> dict:
+    """``batch``'s 2-d arrays zero-padded (or cut) to ``shape`` = (rows, max_length): one fixed input for every row."""
+    out = {key: batching.pad_rows(value[: shape[0]], shape[1], num_rows=shape[0])
+           for key, value in batch.items() if value.ndim == 2}
+    if qa:
+        out["feature_index"] = np.arange(shape[0], dtype=np.int32)
+    return out
+
+
+def interleaved_latency(models: dict[str, TaskModel], batch: dict, *, runs: int, qa: bool) -> dict:
+    """p50 / p95 ms of one jitted forward of each model on ``batch``.
+
+    After a warm-up call each, the models take turns ``runs`` times, so a slow
+    minute on a shared machine hits every row alike.
+    """
+    predict = task_model.predict_spans if qa else task_model.predict_tags
+    split = {}
+    for name, model in models.items():
+        split[name] = nnx.split(model)
+        jax.block_until_ready(predict(*split[name], batch))
+    times = {name: [] for name in models}
+    for _ in range(runs):
+        for name in models:
+            start = time.perf_counter()
+            jax.block_until_ready(predict(*split[name], batch))
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
+            "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
+            "runs": runs, "batch": list(batch["input_ids"].shape)}
+
+
+def token_cosine_to_teacher(model: TaskModel, batches: list[dict], cache: HiddenCache, prepare=None) -> float:
+    """Mean token cosine between ``model``'s AlAd output and the cached teacher states over ``batches``.
+
+    ``prepare(batch)`` may add a frozen student's cached output (then only AlAd runs).
+    """
+    graphdef, state = nnx.split(model)
+    total = count = 0.0
+    for batch in batches:
+        pred = task_model.hidden_states(graphdef, state, prepare(batch) if prepare else batch)
+        target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
+        s, n = token_cosine_sum(pred, target, batch["attention_mask"])
+        total, count = total + float(s), count + float(n)
+    return round(total / max(count, 1), 4)
