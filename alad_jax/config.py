@@ -50,6 +50,8 @@ class DataConfig:
     max_train: int = 400  # subsample (0 = all); stated in the outputs
     max_dev: int = 200
     max_test: int = 600
+    # A malformed sentence of a real corpus stops the run at its file:line; true: skip it, counted in the notes.
+    skip_malformed: bool = False
 
 
 @dataclasses.dataclass

@@ -8,7 +8,8 @@ import pytest
 
 from alad_jax.data import packaged
 from alad_jax.data.packaged import PACKAGED_NAMES, load_packaged, packaged_path
-from alad_jax.data.readers import TaggedSentence, read_dataset
+from alad_jax.data.readers import TaggedSentence
+from alad_jax.data.sources import read_dataset
 from alad_jax.data.splits import hash_bucket, split_by_hash, subsample
 from alad_jax.data.tagging import UPOS_LABELS
 from alad_jax.errors import AladError

@@ -206,8 +206,9 @@ def test_bad_settings_and_answers_are_errors(tokenizer):
 def test_batches_have_fixed_shapes_and_cover_every_feature_once(split):
     _, features = split
     n = len(features)
+    # batch_size is the global batch (as for tagging): 8 rows a step, 4 from each of 2 processes.
     shares = [
-        make_qa_batches(features, batch_size=4, shuffle=True, seed=3, epoch=1, process_index=p, process_count=2)
+        make_qa_batches(features, batch_size=8, shuffle=True, seed=3, epoch=1, process_index=p, process_count=2)
         for p in range(2)
     ]
     assert len(shares[0]) == len(shares[1]) == math.ceil(n / 8)
@@ -223,8 +224,14 @@ def test_batches_have_fixed_shapes_and_cover_every_feature_once(split):
             assert not batch["attention_mask"][~real].any() and not batch["start_positions"][~real].any()
             seen.extend(rows[real].tolist())
     assert sorted(seen) == list(range(n))
-    again = make_qa_batches(features, batch_size=4, shuffle=True, seed=3, epoch=1, process_index=0, process_count=2)
-    other_epoch = make_qa_batches(features, batch_size=4, shuffle=True, seed=3, epoch=2, process_index=0, process_count=2)
+    again = make_qa_batches(features, batch_size=8, shuffle=True, seed=3, epoch=1, process_index=0, process_count=2)
+    other_epoch = make_qa_batches(features, batch_size=8, shuffle=True, seed=3, epoch=2, process_index=0, process_count=2)
+    single = make_qa_batches(features, batch_size=8, shuffle=True, seed=3, epoch=1)
+    for step, whole in enumerate(single):  # the shares of one step, in process order, are the 1-process batch
+        np.testing.assert_array_equal(
+            whole["feature_index"], np.concatenate([shares[0][step]["feature_index"], shares[1][step]["feature_index"]]))
+    with pytest.raises(AladError, match="multiple of the process count 2"):
+        make_qa_batches(features, batch_size=5, process_index=0, process_count=2)
     np.testing.assert_array_equal(again[0]["feature_index"], shares[0][0]["feature_index"])
     assert not all(np.array_equal(a["feature_index"], b["feature_index"]) for a, b in zip(again, other_epoch))
     in_order = make_qa_batches(features, batch_size=5)

@@ -15,10 +15,10 @@ from alad_jax.data.readers import (
     detect_tag_scheme,
     read_conll,
     read_conllu,
-    read_dataset,
     read_squad,
     read_text,
 )
+from alad_jax.data.sources import read_dataset
 from alad_jax.errors import AladError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "data"

@@ -28,10 +28,10 @@ def test_tag_seen_only_in_test_is_in_the_inventory_and_warned_about(tmp_path, ca
 
 
 def test_stage1_validation_sample_spans_every_corpus_file():
-    from alad_jax.data import splits
+    from alad_jax.data import sources, splits
 
     cfg = load_config(None, [])
-    corpus = tasks.read_corpus(cfg)
+    corpus = sources.read_corpus(cfg.corpus)
     val, rest = splits.hash_holdout(corpus, 150)
     assert len(val) == 150 and len(rest) == len(corpus) - 150
     files = {str(s.source).rsplit(":", 1)[0] for s in val}

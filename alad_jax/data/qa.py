@@ -313,31 +313,33 @@ def make_qa_batches(
 ) -> list[dict[str, np.ndarray]]:
     """This process's share of fixed-shape batches over ``features``.
 
-    ``batch_size`` is the per-process batch: step ``k`` of every process
-    together covers ``batch_size * process_count`` features, and every process
-    gets the same number of batches. The order is a permutation drawn from
+    ``batch_size`` is the global batch, as for tagging
+    (:func:`alad_jax.data.batching.make_batches`): step ``k`` of all processes
+    together covers ``batch_size`` features, ``batch_size / process_count`` from
+    each, and every process gets the same number of batches; concatenating the
+    shares in process order gives the single-process batch. The order is a permutation drawn from
     ``(seed, epoch)`` when ``shuffle``, identical on all processes. Rows past
     the end are empty: mask 0, positions 0 and ``feature_index`` -1, which a
     loss must ignore.
 
     Returns:
       Batches with int32 ``input_ids``, ``attention_mask``, ``token_type_ids``
-      ``[batch_size, max_length]`` and ``start_positions``, ``end_positions``,
-      ``feature_index`` ``[batch_size]``.
+      ``[b, max_length]`` and ``start_positions``, ``end_positions``,
+      ``feature_index`` ``[b]``, with ``b = batch_size / process_count`` local rows.
     """
-    if batch_size < 1:
-        raise AladError(f"make_qa_batches: batch_size is {batch_size}; use a positive per-process batch size")
+    if batch_size < 1 or batch_size % max(process_count, 1):
+        raise AladError(f"make_qa_batches: batch_size is {batch_size}; use a positive multiple of the process "
+                        f"count {process_count} (it is the global batch)")
     if not 0 <= process_index < process_count:
         raise AladError(f"make_qa_batches: process_index {process_index} is outside [0, {process_count})")
     n = len(features)
     if n == 0:
         raise AladError("make_qa_batches: no QA features to batch; the data is empty")
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    global_batch = batch_size * process_count
-    num_batches = -(-n // global_batch)
-    padded = np.full(num_batches * global_batch, -1, np.int32)
+    num_batches = -(-n // batch_size)
+    padded = np.full(num_batches * batch_size, -1, np.int32)
     padded[:n] = order
-    local = padded.reshape(num_batches, process_count, batch_size)[:, process_index]
+    local = padded.reshape(num_batches, process_count, batch_size // process_count)[:, process_index]
     return [
         {
             "input_ids": _take_rows(features.input_ids, rows),

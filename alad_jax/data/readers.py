@@ -12,7 +12,6 @@ are counted in the log.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -192,7 +191,8 @@ _COLUMN_SEP = re.compile(r"[ \t]+")
 _TAB_SEP = re.compile(r" *\t[ \t]*")
 
 
-def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme: str = "auto") -> list[TaggedSentence]:
+def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme: str = "auto",
+               skipped: list[str] | None = None) -> list[TaggedSentence]:
     """Column CoNLL (CoNLL-2003, WNUT): one word per line, columns split on tabs/spaces.
 
     A line holding a tab is split on tabs only, so a word may contain spaces
@@ -202,6 +202,10 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
     skipped. Every word line must have the same number of columns as the first.
     Tags are validated against ``scheme`` ("BIO"/"IOB2", "IOB1", "BIOES",
     "auto" = detect from the file, "none" = any non-empty tag).
+
+    A malformed sentence (a line with other columns, a tag the scheme forbids)
+    stops the read with its file:line; with ``skipped`` (a list) it is dropped
+    instead and its reason appended there.
     """
     lines = _read_lines(path)
     if scheme not in SCHEMES:
@@ -212,14 +216,15 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
     n_cols, cols_line = None, 0
     current: tuple[list[str], list[str], list[int]] = ([], [], [])
     docstarts = 0
+    bad = False
 
     def flush():
-        nonlocal current
-        if current[0]:
+        nonlocal current, bad
+        if current[0] and not bad:
             words.append(current[0])
             tags.append(current[1])
             line_numbers.append(current[2])
-        current = ([], [], [])
+        current, bad = ([], [], []), False
 
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -239,10 +244,13 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
                     "a CoNLL file needs distinct word and tag columns (use format 'text' for unlabelled text)"
                 )
         elif len(fields) != n_cols:
-            raise AladError(
-                f"{path}:{lineno}: expected {n_cols} columns (as on line {cols_line}), found {len(fields)} in {line!r}; "
-                "every word line needs the same columns, sentences are separated by blank lines"
-            )
+            message = (f"{path}:{lineno}: expected {n_cols} columns (as on line {cols_line}), found {len(fields)} in "
+                       f"{line!r}; every word line needs the same columns, sentences are separated by blank lines")
+            if skipped is None:
+                raise AladError(message)
+            skipped.append(message)
+            bad = True
+            continue
         current[0].append(fields[token_col])
         current[1].append(fields[tag_col])
         current[2].append(lineno)
@@ -251,10 +259,15 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
         raise AladError(f"{path}: no sentences found (empty file?); expected word and tag columns with blank lines between sentences")
 
     resolved, violation = _resolve_scheme(tags, scheme)
-    if violation is not None:
+    while violation is not None:
         s, w, what = violation
         hint = " (or scheme='IOB1' if the file is IOB1)" if resolved == "BIO" else ""
-        raise AladError(f"{path}:{line_numbers[s][w]}: {what}; fix the tag or pass scheme='none' to accept any tag{hint}")
+        message = f"{path}:{line_numbers[s][w]}: {what}; fix the tag or pass scheme='none' to accept any tag{hint}"
+        if skipped is None:
+            raise AladError(message)
+        skipped.append(message)
+        del words[s], tags[s], line_numbers[s]
+        resolved, violation = _resolve_scheme(tags, resolved)
     logger.info("%s: %d sentences, tag scheme %s, %d -DOCSTART- lines skipped", path, len(words), resolved, docstarts)
     return [
         TaggedSentence(tuple(w), tuple(t), f"{path}:{ln[0]}") for w, t, ln in zip(words, tags, line_numbers)
@@ -268,13 +281,14 @@ _RANGE_ID = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*$")
 _EMPTY_NODE_ID = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
 
 
-def read_conllu(path: PathLike, *, tag: str = "upos") -> list[TaggedSentence]:
+def read_conllu(path: PathLike, *, tag: str = "upos", skipped: list[str] | None = None) -> list[TaggedSentence]:
     """Universal Dependencies CoNLL-U: the syntactic words of each sentence with their UPOS or XPOS.
 
     Multiword-token ranges (``1-2``) are skipped in favour of the words they
     contain, empty nodes (``1.1``) are skipped, comments are skipped. Word ids
     must run 1, 2, 3, ... in each sentence and every line has 10 tab-separated
-    columns.
+    columns. A malformed sentence stops the read with its file:line; with
+    ``skipped`` (a list) it is dropped instead and its reason appended there.
     """
     if tag not in _CONLLU_TAG_COLUMNS:
         raise AladError(f"unknown CoNLL-U tag column {tag!r} for {path}; use 'upos' or 'xpos'")
@@ -285,25 +299,32 @@ def read_conllu(path: PathLike, *, tag: str = "upos") -> list[TaggedSentence]:
     tags: list[str] = []
     first_line = 0
     ranges = empty_nodes = 0
+    bad = False
 
     def flush():
-        nonlocal words, tags
-        if words:
+        nonlocal words, tags, bad
+        if words and not bad:
             sentences.append(TaggedSentence(tuple(words), tuple(tags), f"{path}:{first_line}"))
-        words, tags = [], []
+        words, tags, bad = [], [], False
+
+    def malformed(message: str) -> None:
+        nonlocal bad
+        if skipped is None:
+            raise AladError(message)
+        skipped.append(message)
+        bad = True
 
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             flush()
             continue
-        if line.startswith("#"):
+        if line.startswith("#") or bad:
             continue
         fields = line.split("\t")
         if len(fields) != 10:
-            raise AladError(
-                f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(fields)}; "
-                "check that columns are separated by tabs and unused ones hold '_'"
-            )
+            malformed(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(fields)}; "
+                      "check that columns are separated by tabs and unused ones hold '_'")
+            continue
         word_id = fields[0]
         if _RANGE_ID.match(word_id):
             ranges += 1
@@ -313,14 +334,14 @@ def read_conllu(path: PathLike, *, tag: str = "upos") -> list[TaggedSentence]:
             continue
         expected = len(words) + 1
         if not word_id.isdigit() or int(word_id) != expected:
-            raise AladError(
-                f"{path}:{lineno}: word id {word_id!r} where {expected} was expected; "
-                "ids must run 1, 2, 3, ... in each sentence, with a blank line between sentences"
-            )
+            malformed(f"{path}:{lineno}: word id {word_id!r} where {expected} was expected; "
+                      "ids must run 1, 2, 3, ... in each sentence, with a blank line between sentences")
+            continue
         value = fields[column]
         if value == "_":
             fix = "use tag='upos'" if tag == "xpos" else "the file has no part-of-speech tags"
-            raise AladError(f"{path}:{lineno}: {tag.upper()} column is '_' (not annotated); {fix}")
+            malformed(f"{path}:{lineno}: {tag.upper()} column is '_' (not annotated); {fix}")
+            continue
         if not words:
             first_line = lineno
         words.append(fields[1])
@@ -422,42 +443,3 @@ def read_squad(path: PathLike) -> list[QAExample]:
     unanswerable = sum(not e.answers for e in examples)
     logger.info("%s: %d questions (%d unanswerable)", path, len(examples), unanswerable)
     return examples
-
-
-# --------------------------------------------------------------------------- dispatch
-
-
-def _formats():
-    from alad_jax.data import hub_datasets, packaged
-
-    return {
-        "conll": read_conll,
-        "conllu": read_conllu,
-        "text": read_text,
-        "squad": read_squad,
-        "hf": hub_datasets.load_hf,
-        "tfds": hub_datasets.load_tfds_tagging,
-        "packaged": packaged.load_packaged,
-    }
-
-
-FORMATS = ("conll", "conllu", "text", "squad", "hf", "tfds", "packaged")
-
-
-def read_dataset(fmt: str, path_or_name: str, **options) -> list[TaggedSentence] | list[QAExample]:
-    """Read ``path_or_name`` in format ``fmt`` (the pipeline's ``data.format``) with reader ``options``.
-
-    ``conll``/``conllu``/``text``/``squad`` take a file path; ``hf`` a Hub
-    dataset name (options: ``split``, ``kind`` = tagging/text/squad, ``config``,
-    column names); ``tfds`` a TFDS name; ``packaged`` one of the embedded
-    corpora (see :mod:`alad_jax.data.packaged`).
-    """
-    readers = _formats()
-    if fmt not in readers:
-        raise AladError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
-    reader = readers[fmt]
-    _, *valid = inspect.signature(reader).parameters  # the first one is the path or name
-    for key in options:
-        if key not in valid:
-            raise AladError(f"unknown option {key!r} for data format {fmt!r}; valid options: {', '.join(valid)}")
-    return reader(path_or_name, **options)
