@@ -53,17 +53,18 @@ MUTATIONS = (
     ),
     Mutation(
         "fit-restarts-stage-on-resume", "fit deletes a stage's checkpoints and starts it over",
-        (("train/loop.py", "    restored = checkpoints.restore((trainable, opt_state, best))\n",
+        (("train/loop.py",
+          '    restored = checkpoints.restore({"trainable": state.trainable, "opt_state": state.opt_state, "best": best})\n',
           "    checkpoints.close()\n"
           "    __import__('shutil').rmtree(checkpoint_dir, ignore_errors=True)\n"
-          "    checkpoints = _Checkpoints(checkpoint_dir)\n"
+          "    checkpoints = Checkpoints(checkpoint_dir)\n"
           "    restored = None\n"),),
         ("tests/test_loop_resume.py",),
     ),
     Mutation(
         "resume-drops-optimizer-state", "a resumed stage keeps its parameters but starts a fresh optimizer",
-        (("train/loop.py", "        (trainable, opt_state, best), saved_meta = restored\n",
-          "        (trainable, _, best), saved_meta = restored\n"),),
+        (("train/loop.py", '        state.trainable, state.opt_state, best = parts["trainable"], parts["opt_state"], parts["best"]\n',
+          '        state.trainable, best = parts["trainable"], parts["best"]\n'),),
         ("tests/test_loop_resume.py",),
     ),
     Mutation(
@@ -98,9 +99,8 @@ MUTATIONS = (
         (("train/tasks.py", '        scores["null_threshold"] = qa.threshold_to_json(threshold)',
           '        scores["null_threshold"] = threshold if math.isfinite(threshold) else None'),
          ("alad_jax/inference/predictor.py",
-          '        threshold = qa.threshold_from_json((loaded.info.get("meta") or {}).get("null_threshold"),\n'
-          '                                           f"{Path(path) / MODEL_JSON}: meta")\n',
-          '        threshold = (loaded.info.get("meta") or {}).get("null_threshold")\n'
+          '        threshold = qa.threshold_from_json(meta.get("null_threshold"), f"{Path(path) / MODEL_JSON}: meta")\n',
+          '        threshold = meta.get("null_threshold")\n'
           '        threshold = float("inf") if threshold is None else float(threshold)\n')),
         ("tests/test_qa_null_threshold.py",),
     ),
@@ -134,6 +134,8 @@ def _copy_repo(dest: Path) -> None:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
+    # The editable install maps alad_train to this checkout's train/: on PYTHONPATH the copy's own must win.
+    (dest / "alad_train").symlink_to("train", target_is_directory=True)
 
 
 def _apply(copy: Path, mutation: Mutation) -> None:
@@ -183,7 +185,7 @@ def main() -> int:
         base = Path(tmp) / "base"
         _copy_repo(base)
         for m in chosen:  # every target must exist before anything runs
-            probe = Path(tmp) / "probe"
+            probe = Path(tmp) / "dry-run"
             shutil.copytree(base, probe)
             _apply(probe, m)
             shutil.rmtree(probe)
