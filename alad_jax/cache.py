@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from alad_jax.data.batching import pad_rows
 from alad_jax.errors import AladError
 
 BF16 = ml_dtypes.bfloat16
@@ -100,14 +101,10 @@ class HiddenCache:
                 fits = [b for b in buckets or () if b >= longest]
                 # A few fixed widths bound recompiles.
                 width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
-                ids = np.zeros((batch_size, width_t), np.int32)
-                mask = np.zeros((batch_size, width_t), np.int32)
-                segments = np.zeros((batch_size, width_t), np.int32)
-                for r, i in enumerate(idx):
-                    ids[r, :lengths[i]] = rows[i]
-                    mask[r, :lengths[i]] = 1
-                    if token_types is not None:
-                        segments[r, :lengths[i]] = token_types[i]
+                ids = pad_rows([rows[i] for i in idx], width_t, num_rows=batch_size)
+                mask = pad_rows([np.ones(lengths[i], np.int32) for i in idx], width_t, num_rows=batch_size)
+                segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,
+                                    num_rows=batch_size)
                 hidden = np.asarray(_encode(graphdef, state, ids, mask, segments))
                 for r, i in enumerate(idx):
                     out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]

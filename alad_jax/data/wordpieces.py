@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from alad_jax.data.batching import pad_rows
 from alad_jax.errors import AladError
 
 _UNKNOWN = object()  # stands for either tokenizer's unknown token
@@ -83,9 +84,7 @@ def word_ids_array(word_ids: Sequence[Sequence[int | None]], length: int) -> np.
     Raises:
       AladError: a sentence has more tokens than ``length``.
     """
-    out = np.full((len(word_ids), length), -1, np.int32)
     for row, ids in enumerate(word_ids):
         if len(ids) > length:
             raise AladError(f"word_ids_array: sentence {row} has {len(ids)} tokens, more than the length {length}")
-        out[row, :len(ids)] = [-1 if w is None else w for w in ids]
-    return out
+    return pad_rows([[-1 if w is None else w for w in ids] for ids in word_ids], length, pad_value=-1)
