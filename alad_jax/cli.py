@@ -70,16 +70,21 @@ def _enable_compilation_cache() -> None:
 
 
 def _run(args) -> int:
-    from alad_jax import sharding
+    from alad_jax import distributed, sharding
     from alad_jax.config import load_config
     from train import pipeline
 
-    sharding.initialize_distributed()
-    _enable_compilation_cache()
-    config = load_config(args.config, args.overrides)
-    name = Path(args.config).stem if args.config else "default"
-    workdir = Path(args.workdir or Path("runs") / name)
-    results = pipeline.run(config, workdir, restart=args.restart)
+    distributed.initialize()
+    try:
+        _enable_compilation_cache()
+        config = load_config(args.config, args.overrides)
+        name = Path(args.config).stem if args.config else "default"
+        workdir = Path(args.workdir or Path("runs") / name)
+        results = pipeline.run(config, workdir, restart=args.restart)
+        distributed.finished()
+    except BaseException as e:
+        distributed.fail(e)  # several processes: tells the others, prints one line, exits; one process: no-op
+        raise
     if sharding.is_primary():
         print(f"results: {workdir / 'results.md'} ({len(results['rows'])} rows)")
     return 0

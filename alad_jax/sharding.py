@@ -364,6 +364,8 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    heartbeat_timeout_seconds: int = 100,
 ) -> None:
     """Joins this process to the others of a multi-process run (before any other jax call).
 
@@ -374,6 +376,9 @@ def initialize_distributed(
       (which override the arguments) or the arguments: explicit ``host:port``
       of process 0, process count and this process's index, e.g. several GPU
       hosts or CPU processes on one machine (CPU collectives use gloo).
+
+    ``heartbeat_timeout_seconds``: after this long without a heartbeat JAX's
+    coordination service declares a process dead (and aborts the others).
     """
     coordinator_address = os.environ.get("ALAD_COORDINATOR") or coordinator_address
     num_processes = _env_int("ALAD_NUM_PROCESSES") or num_processes
@@ -387,7 +392,7 @@ def initialize_distributed(
     explicit = (coordinator_address, num_processes, process_id)
     if all(v is None for v in explicit):
         if auto == "auto":
-            jax.distributed.initialize()
+            jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
         return
     if any(v is None for v in explicit):
         raise AladError(
@@ -402,7 +407,8 @@ def initialize_distributed(
         )
     # Only the CPU client reads it; without it CPU processes cannot reduce across each other.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def is_primary() -> bool:

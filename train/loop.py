@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from alad_jax import sharding
+from alad_jax import distributed, sharding
 from alad_jax.config import OptimConfig, StageConfig
 from alad_jax.errors import AladError
 
@@ -305,6 +305,7 @@ def fit(
         steps=step,
         seconds=float(seconds),
         trainable_params=count_params(trainable),
-        tokens_per_s=meta["tokens"] / max(seconds, 1e-9),
+        # Each process counted the tokens of its own rows: their sum is the global batches'.
+        tokens_per_s=distributed.sum_over_processes(meta["tokens"]) / max(seconds, 1e-9),
         resumed_seconds=float(resumed_seconds),
     )

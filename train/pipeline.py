@@ -27,7 +27,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
-from alad_jax import sharding
+from alad_jax import distributed, sharding
 from alad_jax.adapter import AlignmentAdapter, adapter_param_report, export_reference, import_reference
 from alad_jax.adapter import token_cosine_sum
 from alad_jax.cache import HiddenCache
@@ -155,7 +155,7 @@ class Pipeline:
         self.progress[name] = result
         if sharding.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
-        print(report.format_summary(name, result), flush=True)
+            print(report.format_summary(name, result), flush=True)
         return result
 
     def _fit(self, name: str, objective: Objective, stage, batches_for_epoch, evaluate, higher_is_better,
@@ -223,8 +223,9 @@ class Pipeline:
         if cfg.student_layers <= 0:
             return cfg.student
         out = self.workdir / "models" / "student"
-        if not (out / "config.json").is_file():
-            compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
+        with distributed.primary_writes("student") as writer:
+            if writer and not (out / "config.json").is_file():
+                compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
         return str(out)
 
     def _teacher(self) -> dict:
@@ -234,9 +235,11 @@ class Pipeline:
         model = TaskModel(encoder, head, train_encoder=not cfg.teacher_finetuned)
         which = "teacher_head" if cfg.teacher_finetuned else "teacher"
         row, best = self._train_and_score("teacher", model, which)
-        if sharding.is_primary():
-            hub.save_encoder(best.encoder, self.workdir / "models" / "teacher")
-            save_file(_flat_state(best.head), str(self.workdir / "models" / "teacher_head.safetensors"))
+        best = distributed.host_copy(best)
+        with distributed.primary_writes("teacher") as writer:
+            if writer:
+                hub.save_encoder(best.encoder, self.workdir / "models" / "teacher")
+                save_file(_flat_state(best.head), str(self.workdir / "models" / "teacher_head.safetensors"))
         return row
 
     def _task_case(self, name: str, case: str, window: int | None = None) -> dict:
@@ -253,17 +256,19 @@ class Pipeline:
         head = self.task.make_head(width, _seed(cfg, name + "_head"))
         model = TaskModel(student, head, adapter, train_encoder=case in ("student_ft", "joint"))
         row, best = self._train_and_score(name, model, case)
-        if sharding.is_primary():
-            if adapter is not None:
-                export_reference(best.adapter, self.adapter_path(window, case))
-            save_aligned_model(
-                self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
-                labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
-                max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
-                meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
-                      "case": case, "dev": row["dev"], "test": row["test"],
-                      "null_threshold": row["test_metrics"].get("null_threshold")},
-            )
+        best = distributed.host_copy(best)
+        with distributed.primary_writes(name) as writer:
+            if writer:
+                if adapter is not None:
+                    export_reference(best.adapter, self.adapter_path(window, case))
+                save_aligned_model(
+                    self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
+                    labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
+                    max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
+                    meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
+                          "case": case, "dev": row["dev"], "test": row["test"],
+                          "null_threshold": row["test_metrics"].get("null_threshold")},
+                )
         return row
 
     @property
@@ -371,9 +376,10 @@ class Pipeline:
         result = self._fit(name, objective, stage_cfg,
                            lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch),
                            evaluate, higher_is_better=False, prepare=prepare)
-        best = result.model if cfg.cache_features else result.model.adapter
-        if sharding.is_primary():
-            export_reference(best, self.adapter_path(window, stage))
+        best = distributed.host_copy(result.model if cfg.cache_features else result.model.adapter)
+        with distributed.primary_writes(name) as writer:
+            if writer:
+                export_reference(best, self.adapter_path(window, stage))
         _, metrics = evaluate(result.model)
         return _jsonable({
             "name": name, "mse": metrics["mse"], "cosine": metrics["cosine"],
@@ -458,6 +464,7 @@ class Pipeline:
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),
             "devices": [str(d) for d in jax.devices()],
+            "processes": jax.process_count(),
         }
 
 
@@ -516,4 +523,5 @@ def _load_into(path: Path, module: nnx.Module) -> None:
 def run(cfg: Config, workdir: str | Path, *, restart: bool = False) -> dict:
     """The whole pipeline for ``cfg`` in ``workdir`` (resumes what is there; ``restart``: deletes it first)."""
     workdir = prepare_workdir(Path(workdir), cfg, restart=restart)
+    distributed.check_shared_workdir(workdir)
     return Pipeline(cfg, workdir).run()
