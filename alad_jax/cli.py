@@ -71,6 +71,11 @@ def _enable_compilation_cache() -> None:
 
 def _run(args) -> int:
     from alad_jax import distributed, sharding
+
+    supervised = distributed.supervise([sys.executable, "-m", "alad_jax.cli", *sys.argv[1:]])
+    if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
+        return supervised
+
     from alad_jax.config import load_config
     from train import pipeline
 

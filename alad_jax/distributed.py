@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import sys
 import threading
 import time
@@ -75,6 +76,62 @@ def initialize() -> None:
     sharding.initialize_distributed(heartbeat_timeout_seconds=JAX_HEARTBEAT_TIMEOUT_S)
     if jax.process_count() > 1:
         start_watchdog()
+
+
+def is_multiprocess_launch() -> bool:
+    """Whether the environment asks for a multi-process run (checked before jax starts)."""
+    count = os.environ.get("ALAD_NUM_PROCESSES", "").strip()
+    return os.environ.get("ALAD_DISTRIBUTED", "").lower() == "auto" or (count.isdigit() and int(count) > 1)
+
+
+def supervise(command: list[str]) -> int | None:
+    """In a multi-process launch, run ``command`` as a child process and report how it ended; else ``None``.
+
+    JAX's coordination client ends a process with a C++ check-failure trace
+    when the coordination service goes away (process 0 died) before any
+    Python code can react. The parent sees the child die by a signal and
+    prints one line after the trace, naming the process that stopped: the
+    coordinator when its address no longer answers. The child inherits the
+    terminal, so its output is unchanged; the parent ignores Ctrl-C (the
+    child gets it and stops itself).
+    """
+    if not is_multiprocess_launch() or os.environ.get("ALAD_SUPERVISED") == "1":
+        return None
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(command, env={**os.environ, "ALAD_SUPERVISED": "1"})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code >= 0:
+        return code  # it exited by itself, after its own line when it failed
+    me, count = os.environ.get("ALAD_PROCESS_ID", "?"), os.environ.get("ALAD_NUM_PROCESSES", "?")
+    coordinator = os.environ.get("ALAD_COORDINATOR", "")
+    if me != "0" and coordinator and not _answers(coordinator):
+        message = f"process 0 of {count} (the coordinator, {coordinator}) stopped"
+    else:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        if -code in (signal.SIGKILL, signal.SIGTERM):
+            message = f"process {me} of {count} was killed ({name})"
+        else:
+            message = f"process {me} of {count} ended by {name} (a peer or the coordination service stopped it)"
+    print(f"error: {message}; {RESUME_HINT}", file=sys.stderr, flush=True)
+    return 128 - code
+
+
+def _answers(address: str, timeout: float = 3.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def barrier(name: str) -> None:
