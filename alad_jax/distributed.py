@@ -296,7 +296,8 @@ def finished() -> None:
 
 def die(message: str, code: int = 3) -> None:
     """Print ``error: <message>; <resume hint>`` and leave now, without waiting on dead peers."""
-    print(f"error: {message}; {RESUME_HINT}", file=sys.stderr, flush=True)
+    # On a line of its own: a progress bar may hold the cursor mid-line.
+    print(f"\nerror: {message}; {RESUME_HINT}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code)
 
