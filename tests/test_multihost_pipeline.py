@@ -23,6 +23,9 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
 import multihost_run as mh  # noqa: E402
 
+# Five tiny `alad run`s of every stage and case: about 13 minutes on this project's shared 2-core machine.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 1800  # a hung collective must fail the test, not block CI
 TOLERANCE = 1e-4
 
