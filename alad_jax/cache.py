@@ -15,6 +15,8 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import socket
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +59,55 @@ def fingerprint_rows(rows: Sequence[np.ndarray]) -> str:
 def _encode(graphdef, state, input_ids, attention_mask, token_type_ids):
     encoder = nnx.merge(graphdef, state)
     return encoder(input_ids, attention_mask, token_type_ids).last_hidden_state.astype(jnp.bfloat16)
+
+
+def _publish(path: Path, parts: dict[str, np.ndarray], offsets: np.ndarray, num_rows: int) -> None:
+    """Write the arrays into a temporary directory of this process alone, then rename it to ``path``.
+
+    Several processes of one run (or two runs) may build the same cache into
+    the same directory at once: each writes its own
+    ``<key>.tmp-<host>-<pid>`` (no two writers share a file) and the first
+    rename wins; a later writer finds ``path`` complete (the content is the
+    same: the key covers models and rows) and drops its copy.
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in parts.items():
+        np.save(tmp / f"{name}.npy", array.view(np.uint16))
+    np.save(tmp / "offsets.npy", offsets)
+    (tmp / "done.json").write_text(json.dumps({"rows": num_rows, "tokens": int(offsets[-1])}))
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / "done.json").is_file():  # not another writer's finished copy: a real failure
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        # A writer killed before its rename leaves a temporary directory behind; a finished cache makes them moot.
+        for stale in path.parent.glob(f"{path.name}.tmp*"):
+            if stale != tmp and _writer_is_gone(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _writer_is_gone(tmp: Path) -> bool:
+    """Whether the temporary directory ``tmp`` was left by a writer that no longer runs.
+
+    ``<key>.tmp`` (the single-writer name of earlier versions) always was; for
+    ``<key>.tmp-<host>-<pid>`` only a process of this host can be checked.
+    """
+    if tmp.name.endswith(".tmp"):
+        return True
+    host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class HiddenCache:
@@ -109,13 +160,7 @@ class HiddenCache:
                 for r, i in enumerate(idx):
                     out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
             parts[name] = out
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name, array in parts.items():
-            np.save(tmp / f"{name}.npy", array.view(np.uint16))
-        np.save(tmp / "offsets.npy", offsets)
-        (tmp / "done.json").write_text(json.dumps({"rows": len(rows), "tokens": int(offsets[-1])}))
-        os.replace(tmp, path)
+        _publish(path, parts, offsets, len(rows))
         return cls(parts["student"], parts["teacher"], offsets)
 
     @classmethod

@@ -112,10 +112,10 @@ MUTATIONS = (
     ),
     Mutation(
         "cache-marked-done-before-written", "the feature cache is written in place, its done marker first",
-        (("alad_jax/cache.py", '        tmp = path.with_name(path.name + ".tmp")\n        tmp.mkdir(parents=True, exist_ok=True)\n',
-          '        tmp = path\n        tmp.mkdir(parents=True, exist_ok=True)\n'
-          '        (tmp / "done.json").write_text("{}")\n'),
-         ("alad_jax/cache.py", "        os.replace(tmp, path)\n", "")),
+        (("alad_jax/cache.py",
+          '    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")\n'
+          '    shutil.rmtree(tmp, ignore_errors=True)\n    tmp.mkdir(parents=True)\n',
+          '    tmp = path\n    tmp.mkdir(parents=True, exist_ok=True)\n    (tmp / "done.json").write_text("{}")\n'),),
         (PIPELINE_KILLED,),
     ),
     Mutation(

@@ -71,9 +71,13 @@ def test_fixed_size_batches_have_one_shape_per_bucket():
 def test_token_budget_sets_rows_per_bucket():
     batches = make_batches(FEATURES, token_budget=1024)
     assert batch_shapes(batches) == {(64, 16), (32, 32), (16, 64), (8, 128), (4, 256)}
-    # rounded down to the process count, and never below it
-    shapes = batch_shapes(make_batches(FEATURES, token_budget=1000, process_count=4))
-    assert shapes == {(60 // 4, 16), (28 // 4, 32), (12 // 4, 64), (4 // 4, 128), (4 // 4, 256)}
+    # budget // length real rows (62, 31, 15, 7, 3), filled with empty rows up to a multiple of the
+    # 4 processes: 64, 32, 16, 8, 4 rows, a quarter of them on each process
+    shares = make_batches(FEATURES, token_budget=1000, process_count=4)
+    assert batch_shapes(shares) == {(16, 16), (8, 32), (4, 64), (2, 128), (1, 256)}
+    # the multiple may also come from the devices a batch is split over
+    assert batch_shapes(make_batches(FEATURES, token_budget=1000, row_multiple=8)) == {
+        (64, 16), (32, 32), (16, 64), (8, 128), (8, 256)}
 
 
 def test_unshuffled_order_is_stable_bucket_by_bucket():
@@ -100,17 +104,27 @@ def test_shuffling_is_deterministic_from_seed_and_epoch():
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
-@pytest.mark.parametrize("sizing", [{"batch_size": 16}, {"token_budget": 2048}])
+@pytest.mark.parametrize("sizing", [{"batch_size": 16}, {"token_budget": 2048}, {"token_budget": 1000}])
 def test_process_shares_concatenate_to_the_single_process_batch(process_count, sizing):
+    """P processes together feed exactly the rows of the one-process batch, in its order.
+
+    A token budget whose row count does not divide by P (1000 // 32 = 31 rows) gets
+    empty rows at the end of the batch, which every loss ignores; the real rows match.
+    """
     kw = dict(sizing, shuffle=True, seed=7, epoch=2)
     whole = make_batches(FEATURES, **kw)  # one process holding the whole global batch
     shares = [make_batches(FEATURES, process_index=p, process_count=process_count, **kw) for p in range(process_count)]
     assert {len(s) for s in shares} == {len(whole)}
     for b, batch in enumerate(whole):
+        rows = batch["input_ids"].shape[0]
         shapes = {s[b]["input_ids"].shape for s in shares}
-        assert shapes == {(batch["input_ids"].shape[0] // process_count, batch["input_ids"].shape[1])}
+        assert shapes == {(-(-rows // process_count), batch["input_ids"].shape[1])}
         for key, value in batch.items():
-            assert np.array_equal(np.concatenate([s[b][key] for s in shares]), value)
+            joined = np.concatenate([s[b][key] for s in shares])
+            assert np.array_equal(joined[:rows], value)
+            assert np.all(np.concatenate([s[b]["feature_index"] for s in shares])[rows:] == -1)
+            if key == "attention_mask":
+                assert not joined[rows:].any()
 
 
 def test_batching_argument_errors():
@@ -118,8 +132,10 @@ def test_batching_argument_errors():
         make_batches(FEATURES)
     with pytest.raises(AladError, match="exactly one of batch_size and token_budget"):
         make_batches(FEATURES, batch_size=8, token_budget=512)
-    with pytest.raises(AladError, match="batch_size=10 must be a positive multiple of the process count 4"):
+    with pytest.raises(AladError, match="batch_size=10 must be a positive multiple of 4 \\(the 4 processes"):
         make_batches(FEATURES, batch_size=10, process_count=4)
+    with pytest.raises(AladError, match="batch_size=12 must be a positive multiple of 8 \\(the 2 processes and the 8 devices"):
+        make_batches(FEATURES, batch_size=12, process_count=2, row_multiple=8)
     with pytest.raises(AladError, match=r"process_index=2 must be in \[0, 2\)"):
         make_batches(FEATURES, batch_size=8, process_index=2, process_count=2)
     with pytest.raises(AladError, match="longer than the largest bucket"):

@@ -74,14 +74,25 @@ def _enable_compilation_cache() -> None:
 def _run(args) -> int:
     from alad_jax import distributed
     from alad_jax.config import load_config
+
+    # Before joining the others: a bad config stops every worker at once, none waits for its peers.
+    config = load_config(args.config, args.overrides)
+    supervised = distributed.supervise([sys.executable, "-m", "alad_train.cli", *args.argv])
+    if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
+        return supervised
+
     from alad_train import pipeline
 
-    distributed.initialize_distributed()
-    _enable_compilation_cache()
-    config = load_config(args.config, args.overrides)
-    name = Path(args.config).stem if args.config else "default"
-    workdir = Path(args.workdir or Path("runs") / name)
-    results = pipeline.run(config, workdir, restart=args.restart)
+    distributed.initialize()
+    try:
+        _enable_compilation_cache()
+        name = Path(args.config).stem if args.config else "default"
+        workdir = Path(args.workdir or Path("runs") / name)
+        results = pipeline.run(config, workdir, restart=args.restart)
+        distributed.finished()
+    except BaseException as e:
+        distributed.fail(e)  # several processes: tells the others, prints one line, exits; one process: no-op
+        raise
     if distributed.is_primary():
         print(f"results: {workdir / 'results.md'} ({len(results['rows'])} rows)")
     return 0
@@ -109,6 +120,7 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a supervised run starts its worker with them
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -219,6 +219,7 @@ def fit(
         steps=step,
         seconds=float(seconds),
         trainable_params=count_params(state.trainable),
-        tokens_per_s=meta["tokens"] / max(seconds, 1e-9),
+        # Each process counted the tokens of its own rows: their sum is the global batches'.
+        tokens_per_s=distributed.sum_over_processes(meta["tokens"]) / max(seconds, 1e-9),
         resumed_seconds=float(resumed_seconds),
     )

@@ -67,7 +67,7 @@ class Pipeline:
         self.progress[name] = result
         if distributed.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
-        print(report.format_summary(name, result), flush=True)
+            print(report.format_summary(name, result), flush=True)
         return result
 
     def _fit(self, name: str, objective: Objective, stage, batches_for_epoch, evaluate, higher_is_better,
@@ -140,8 +140,9 @@ class Pipeline:
         if cfg.student_layers <= 0:
             return cfg.student
         out = self.workdir / "models" / "student"
-        if not (out / "config.json").is_file():
-            compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
+        with distributed.primary_writes("student") as writer:
+            if writer and not (out / "config.json").is_file():
+                compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
         return str(out)
 
     def _teacher(self, case: Case) -> dict:
@@ -167,26 +168,31 @@ class Pipeline:
         head = self.task.make_head(width, _seed(cfg, name + "_head"))
         model = TaskModel(student, head, adapter, train_encoder=case.trains_encoder)
         row, best = self._train_and_score(name, model, case)
-        if distributed.is_primary() and adapter is not None:
-            export_reference(best.adapter, self.adapter_path(window, case.name))
-        self._save_model(name, best, case, row, model_name=cfg.student)
+        adapter_file = self.adapter_path(window, case.name) if adapter is not None else None
+        self._save_model(name, best, case, row, model_name=cfg.student, adapter_file=adapter_file)
         return row
 
-    def _save_model(self, name: str, best: TaskModel, case: Case, row: dict, *, model_name: str) -> None:
-        """A row's best model as a saved aligned model (``models/<row>``): what later stages,
-        the latency stage and ``alad predict`` read."""
-        if not distributed.is_primary():
-            return
+    def _save_model(self, name: str, best: TaskModel, case: Case, row: dict, *, model_name: str,
+                    adapter_file: Path | None = None) -> None:
+        """A row's best model as a saved aligned model (``models/<row>``), and its AlAd as ``adapter_file``:
+        what later stages, the latency stage and ``alad predict`` read. Process 0 writes, the others
+        wait at a barrier (several processes gather the model to each host first)."""
         cfg = self.cfg
-        save_aligned_model(
-            self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
-            labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
-            max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
-            meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
-                  "encoder": model_name, "case": case.name, "dev": row["dev"], "test": row["test"],
-                  "null_threshold": row["test_metrics"].get("null_threshold"),
-                  "max_query_length": cfg.max_query_length},
-        )
+        best = distributed.host_copy(best)
+        with distributed.primary_writes(name) as writer:
+            if not writer:
+                return
+            if adapter_file is not None:
+                export_reference(best.adapter, adapter_file)
+            save_aligned_model(
+                self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
+                labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
+                max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
+                meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
+                      "encoder": model_name, "case": case.name, "dev": row["dev"], "test": row["test"],
+                      "null_threshold": row["test_metrics"].get("null_threshold"),
+                      "max_query_length": cfg.max_query_length},
+            )
 
     @property
     def teacher_width(self) -> int:
@@ -293,9 +299,10 @@ class Pipeline:
         result = self._fit(name, objective, stage_cfg,
                            lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch),
                            evaluate, higher_is_better=False, prepare=prepare)
-        best = result.model if cfg.cache_features else result.model.adapter
-        if distributed.is_primary():
-            export_reference(best, self.adapter_path(window, stage))
+        best = distributed.host_copy(result.model if cfg.cache_features else result.model.adapter)
+        with distributed.primary_writes(name) as writer:
+            if writer:
+                export_reference(best, self.adapter_path(window, stage))
         _, metrics = evaluate(result.model)
         return _jsonable({
             "name": name, "mse": metrics["mse"], "cosine": metrics["cosine"],
@@ -347,6 +354,7 @@ class Pipeline:
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),
             "devices": [str(d) for d in jax.devices()],
+            "processes": jax.process_count(),
         }
 
 
@@ -380,4 +388,5 @@ def _jsonable(value):
 def run(cfg: Config, workdir: str | Path, *, restart: bool = False) -> dict:
     """The whole pipeline for ``cfg`` in ``workdir`` (resumes what is there; ``restart``: deletes it first)."""
     workdir = prepare_workdir(Path(workdir), cfg, restart=restart)
+    distributed.check_shared_workdir(workdir)
     return Pipeline(cfg, workdir).run()

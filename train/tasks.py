@@ -129,7 +129,7 @@ def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: 
     size = {"batch_size": stage.batch_size} if stage.batch_size > 0 else {"token_budget": stage.token_budget}
     return batching.make_batches(
         features, **size, buckets=batching.length_buckets(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(), row_multiple=jax.device_count(),
     )
 
 
@@ -184,9 +184,8 @@ class QATask:
     def train_batches(self, stage: StageConfig, epoch: int) -> list[Batch]:
         if stage.batch_size <= 0:
             raise AladError("task qa batches by questions: set stages.*.batch_size (token_budget is for alignment)")
-        return qa.make_qa_batches(self.features["train"], batch_size=stage.batch_size, shuffle=True,
-                                  seed=self.cfg.seed, epoch=epoch, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+        return qa.make_qa_batches(self.features["train"], **qa.process_share(stage.batch_size, jax.device_count()),
+                                  shuffle=True, seed=self.cfg.seed, epoch=epoch)
 
     def text_rows(self, split: str) -> tagging.TaggingFeatures:
         """Question + context rows without padding, for continual alignment and cosine."""

@@ -60,12 +60,11 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     )
 
 
-def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None, process_count: int) -> int:
+def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None) -> int:
+    """Real rows per global batch: ``batch_size``, or as many whole rows as the token budget holds (at least one)."""
     if batch_size is not None:
         return batch_size
-    # Whole rows per process, and at least one row per process even when a row exceeds the budget.
-    rows = token_budget // length // process_count * process_count
-    return max(rows, process_count)
+    return max(token_budget // length, 1)
 
 
 def plan_batches(
@@ -78,8 +77,15 @@ def plan_batches(
     seed: int = 0,
     epoch: int = 0,
     process_count: int = 1,
+    row_multiple: int = 1,
 ) -> list[tuple[int, np.ndarray]]:
     """The global batches as ``(bucket_length, rows)``; ``rows`` int ``[B]`` are row indices, -1 for padding rows.
+
+    ``B`` is a multiple of ``process_count`` and of ``row_multiple`` (the
+    devices a batch is split over). A token-budget batch holds ``budget //
+    length`` real rows whatever those counts are, and is filled up to the
+    multiple with empty rows, so every process and device count sees the same
+    real rows in the same batches and order (the losses ignore empty rows).
 
     Without shuffling: buckets in ascending length, rows in input order. With
     shuffling (from ``(seed, epoch)``): rows shuffled within each bucket, then
@@ -89,8 +95,14 @@ def plan_batches(
         raise AladError("batching: give exactly one of batch_size and token_budget")
     if process_count < 1:
         raise AladError(f"batching: process_count={process_count} must be >= 1")
-    if batch_size is not None and (batch_size < 1 or batch_size % process_count):
-        raise AladError(f"batching: batch_size={batch_size} must be a positive multiple of the process count {process_count}")
+    if row_multiple < 1:
+        raise AladError(f"batching: row_multiple={row_multiple} must be >= 1")
+    multiple = int(np.lcm(process_count, row_multiple))
+    if batch_size is not None and (batch_size < 1 or batch_size % multiple):
+        raise AladError(
+            f"batching: batch_size={batch_size} must be a positive multiple of {multiple} (the {process_count}"
+            f" processes and the {row_multiple} devices a batch is split over)"
+        )
     if token_budget is not None and token_budget < 1:
         raise AladError(f"batching: token_budget={token_budget} must be positive")
     if list(buckets) != sorted(set(buckets)) or min(buckets) < 1:
@@ -104,9 +116,10 @@ def plan_batches(
         rows = np.asarray(by_bucket[length], np.int64)
         if shuffle:
             rows = rng.permutation(rows)
-        per_batch = _rows_per_batch(length, batch_size, token_budget, process_count)
-        for start in range(0, len(rows), per_batch):
-            chunk = rows[start : start + per_batch]
+        real = _rows_per_batch(length, batch_size, token_budget)
+        per_batch = -(-real // multiple) * multiple
+        for start in range(0, len(rows), real):
+            chunk = rows[start : start + real]
             plan.append((length, np.pad(chunk, (0, per_batch - len(chunk)), constant_values=-1)))
     if shuffle:
         plan = [plan[i] for i in rng.permutation(len(plan))]
@@ -124,14 +137,16 @@ def make_batches(
     epoch: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    row_multiple: int = 1,
     pad_id: int = 0,
 ) -> list[Batch]:
     """This process's share of every batch, as numpy arrays.
 
     Exactly one of ``batch_size`` (rows per global batch) and ``token_budget``
-    (rows = budget // bucket length, rounded down to a multiple of
-    ``process_count``, at least ``process_count``). Keys, with ``b = B / P``
-    local rows and ``L`` the bucket length:
+    (real rows = budget // bucket length, at least one, filled with empty rows
+    up to a multiple of ``process_count`` and ``row_multiple``: see
+    :func:`plan_batches`). Keys, with ``b = B / P`` local rows and ``L`` the
+    bucket length:
 
     - ``input_ids`` int32 ``[b, L]`` (``pad_id`` past each row's end)
     - ``attention_mask`` int32 ``[b, L]``
@@ -151,6 +166,7 @@ def make_batches(
         seed=seed,
         epoch=epoch,
         process_count=process_count,
+        row_multiple=row_multiple,
     )
     batches = []
     for length, rows in plan:

@@ -301,6 +301,25 @@ def _take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return taken
 
 
+def process_share(global_batch_size: int, device_count: int = 1) -> dict[str, int]:
+    """:func:`make_qa_batches` arguments for this process's share of ``global_batch_size`` features per step.
+
+    ``batch_size`` stays the global batch (:func:`make_qa_batches` gives every
+    process its ``1 / process_count`` share), so P processes together see
+    exactly the batches one process would; the global size must divide over the
+    ``device_count`` devices.
+    """
+    import jax
+
+    if global_batch_size < 1 or global_batch_size % device_count or global_batch_size % jax.process_count():
+        raise AladError(
+            f"QA batch_size={global_batch_size} does not divide over the {device_count} devices of"
+            f" {jax.process_count()} process(es): use a multiple of {int(np.lcm(device_count, jax.process_count()))}"
+        )
+    return {"batch_size": global_batch_size, "process_index": jax.process_index(),
+            "process_count": jax.process_count()}
+
+
 def make_qa_batches(
     features: QAFeatures,
     *,
