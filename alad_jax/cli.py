@@ -3,6 +3,7 @@
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
     alad predict --model DIR (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
     alad bench [KEY=VALUE ...]
 
 User errors print one line (``error: what, where, how to fix``) and exit 2.
@@ -52,11 +53,30 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--context", action="append", help="QA models: the context to answer from (repeatable)")
     predict.add_argument("--out", help="write predictions here (CoNLL: word<TAB>label) instead of stdout")
 
+    _add_export_parser(sub)
+
     bench = sub.add_parser("bench", help="measure latency, alignment throughput and MFU; prints one JSON document")
     bench.add_argument("--vs-torch", action="store_true", help="also time the PyTorch reference recipe (needs torch)")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="teacher=... student=... student_layers=...")
     return parser
+
+
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="write a saved model as one ONNX file or a jax.export serving artifact")
+    export.add_argument("--model", required=True, help="saved aligned model directory, or a finished work directory")
+    export.add_argument("--case", default="frozen", help="which trained case of a work directory (default frozen)")
+    export.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
+    export.add_argument("--format", required=True, choices=["onnx", "jax"],
+                        help="onnx: one .onnx file (+ alad.json and the tokenizer beside it); jax: a jax.export "
+                             "directory")
+    export.add_argument("--out", required=True, help="the .onnx file, or the directory of a jax export")
+
+
+def _export(args) -> int:
+    from alad_jax.inference import onnx_export
+
+    return onnx_export.main(args)
 
 
 def _enable_compilation_cache() -> None:
@@ -110,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"run": _run, "compress": _compress, "predict": _predict, "bench": _bench}[args.command]
+    handler = {"run": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
     try:
         return handler(args)
     except AladError as e:

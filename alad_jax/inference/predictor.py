@@ -314,6 +314,9 @@ class Predictor:
         from alad_jax.inference.export import load_exported
 
         exported = load_exported(path)
+        if not hasattr(exported, "labels"):
+            raise AladError(f"{path} is a QA serving artifact; answer questions with QAPredictor.from_exported "
+                            "(alad predict --question Q --context C)")
         tokenizer = hub.load_tokenizer(str(path))
         return cls(exported, exported.labels, tokenizer, max_length=exported.max_length, stride=exported.stride,
                    buckets=exported.buckets, row_sizes=exported.row_sizes)
@@ -408,12 +411,19 @@ class QAPredictor:
     the null threshold tuned on dev during training (``alad.json``).
     """
 
-    def __init__(self, model: TaskModel, tokenizer, *, max_length: int, stride: int, null_threshold: float,
-                 batch_size: int = 8):
-        self.graphdef, self.state = nnx.split(model)
+    def __init__(self, spans: Callable[[dict], tuple], tokenizer, *, max_length: int, stride: int,
+                 null_threshold: float, batch_size: int = 8):
+        """``spans(batch) -> (start_logits, end_logits)`` ``[rows, max_length]``: the in-process model
+        (:meth:`from_model`), a jax.export artifact or an ONNX file."""
+        self.spans = spans
         self.tokenizer = tokenizer
         self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
         self.null_threshold = null_threshold
+
+    @classmethod
+    def from_model(cls, model: TaskModel, tokenizer, **options) -> QAPredictor:
+        graphdef, state = nnx.split(model)
+        return cls(lambda batch: predict_spans(graphdef, state, batch), tokenizer, **options)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> QAPredictor:
@@ -422,8 +432,21 @@ class QAPredictor:
             raise AladError(f"{path} is a {loaded.info['task']} model; use Predictor for word labels")
         threshold = qa.threshold_from_json((loaded.info.get("meta") or {}).get("null_threshold"),
                                            f"{Path(path) / MODEL_JSON}: meta")
-        return cls(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
-                   max_length=loaded.info["max_length"], stride=loaded.info["stride"], null_threshold=threshold)
+        return cls.from_model(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
+                              max_length=loaded.info["max_length"], stride=loaded.info["stride"],
+                              null_threshold=threshold)
+
+    @classmethod
+    def from_exported(cls, path: str | os.PathLike) -> QAPredictor:
+        """A QA serving artifact written by :func:`alad_jax.inference.export.export_model`."""
+        from alad_jax.inference.export import ExportedSpans, load_exported
+
+        exported = load_exported(path)
+        if not isinstance(exported, ExportedSpans):
+            raise AladError(f"{path} is a tagging artifact; use Predictor.from_exported for word labels")
+        threshold = qa.threshold_from_json(exported.null_threshold, f"{Path(path) / 'serving.json'}")
+        return cls(exported, hub.load_tokenizer(str(path)), max_length=exported.max_length, stride=exported.stride,
+                   null_threshold=threshold)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
         """One answer per (question, context) pair; "" means unanswerable."""
@@ -437,7 +460,7 @@ class QAPredictor:
         start = np.zeros(features.input_ids.shape, np.float32)
         end = np.zeros_like(start)
         for batch in qa.make_qa_batches(features, batch_size=self.batch_size):
-            s, e = (np.asarray(x) for x in predict_spans(self.graphdef, self.state, batch))
+            s, e = (np.asarray(x) for x in self.spans(batch))
             real = batch["feature_index"] >= 0
             start[batch["feature_index"][real]], end[batch["feature_index"][real]] = s[real], e[real]
         answers, _ = qa.postprocess_qa(examples, features, start, end, null_threshold=self.null_threshold)
@@ -483,15 +506,34 @@ def _file_format(path: str, fmt: str | None) -> str:
 
 def main(args) -> int:
     """``alad predict``: word<TAB>label lines, a blank line between sentences (stdout or --out); QA: one answer a line."""
+    if Path(args.model).suffix == ".onnx":  # an `alad export --format onnx` file, run by onnxruntime
+        from alad_jax.inference.onnx_export import onnx_predictor
+
+        onnx_model = onnx_predictor(args.model)
+        if args.question or args.context:
+            print("\n".join(onnx_model.answer(args.question or [], args.context or [])))
+            return 0
+        return _label(onnx_model, args)
     if args.question or args.context:
+        from alad_jax.inference.export import SERVING_JSON
+
         path = Path(args.model)
-        model_dir = path if (path / MODEL_JSON).is_file() else model_dir_of_workdir(path, args.case, args.window)
-        answers = QAPredictor.from_dir(model_dir).answer(args.question or [], args.context or [])
+        if (path / SERVING_JSON).is_file():
+            qa_model = QAPredictor.from_exported(path)
+        else:
+            qa_model = QAPredictor.from_dir(
+                path if (path / MODEL_JSON).is_file() else model_dir_of_workdir(path, args.case, args.window))
+        answers = qa_model.answer(args.question or [], args.context or [])
         print("\n".join(answers))
         return 0
+    return _label(Predictor.open(args.model, args.case, args.window), args)
+
+
+def _label(predictor, args) -> int:
     if not (args.text or args.words or args.file):
         raise AladError('alad predict: nothing to label; give --text "a sentence", --words W1 W2 ... or --file FILE')
-    predictor = Predictor.open(args.model, args.case, args.window)
+    if not hasattr(predictor, "predict_words"):
+        raise AladError(f"{args.model} is a QA model; ask it with --question Q --context C")
     pairs: list[tuple[list[str], list[str]]] = []
     if args.text:
         pairs += [(t.split(), labels) for t, labels in zip(args.text, predictor.predict_text(args.text))]
