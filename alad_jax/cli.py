@@ -2,7 +2,7 @@
 
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
-    alad predict --model DIR (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad predict --model DIR_OR_ONNX (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
     alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
     alad bench [KEY=VALUE ...]
 
@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="label text with a saved aligned model or a finished work directory")
     predict.add_argument("--model", required=True,
-                         help="saved aligned model directory, exported serving artifact, or a work directory")
+                         help="saved aligned model directory, exported serving artifact, .onnx file (alad export), "
+                              "or a work directory")
     predict.add_argument("--case", default="frozen", help="which trained case of a work directory (default frozen)")
     predict.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
     predict.add_argument("--text", action="append", help="a raw sentence, split on whitespace (repeatable)")

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,6 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 TAGGING_OUTPUTS = ("logits", "label_ids")
 QA_OUTPUTS = ("start_logits", "end_logits")
 OPSET = 21
-FORMATS = ("onnx", "jax")
 
 
 def _require(module: str):
@@ -261,13 +259,14 @@ class OnnxForward:
     -> tagging ``(logits, label_ids)``, QA ``(start_logits, end_logits)``, numpy.
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, *, threads: int | None = None):
+        """``model``: an .onnx file, or a serialized ModelProto (bytes)."""
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None):
@@ -334,6 +333,3 @@ def main(args) -> int:
     return 0
 
 
-def exported_files(out: Path) -> Sequence[Path]:
-    """What :func:`export_onnx` wrote for ``out`` (for tests and clean-up)."""
-    return [out, out.parent / INFO_JSON]
