@@ -157,8 +157,7 @@ def test_cli_exports_from_a_work_directory_and_predicts(tagger_dir, tmp_path, ca
     workdir = tmp_path / "run"
     (workdir / "models").mkdir(parents=True)
     os.symlink(tagger_dir, workdir / "models" / "alad_w3_frozen")
-    out = tmp_path / "served" / "frozen.onnx"
-    out.parent.mkdir()
+    out = tmp_path / "served" / "frozen.onnx"  # the directory is created
     assert alad(["export", "--model", str(workdir), "--case", "frozen", "--format", "onnx", "--out", str(out)]) == 0
     assert alad(["predict", "--model", str(out), "--words", *SENTENCES[0]]) == 0
     printed = capsys.readouterr().out.split("wrote", 1)[1].splitlines()[1:]
@@ -187,7 +186,8 @@ def test_bad_export_requests_get_one_clear_line(tagger_dir, tmp_path, capsys):
     check(["--model", str(tagger_dir.parent)], "not a saved aligned model .* or an alad run work directory")
     check(["--model", str(tmp_path / "nope")], "no such directory")
     check(["--model", str(tagger_dir), "--out", "/proc/frozen.onnx"], "--out /proc/frozen.onnx: cannot write in")
-    check(["--model", str(tagger_dir), "--out", str(tmp_path / "missing" / "m.onnx")], "does not exist")
+    (tmp_path / "a_file").write_text("")
+    check(["--model", str(tagger_dir), "--out", str(tmp_path / "a_file" / "m.onnx")], "cannot create directory")
     check(["--model", str(tagger_dir), "--out", str(tmp_path / "m.bin")], r"ending in \.onnx")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "alad.json").write_text(json.dumps({"format": "alad-onnx", "onnx": "other.onnx"}))

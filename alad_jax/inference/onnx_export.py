@@ -72,8 +72,11 @@ def _check_out(out: Path, suffix: str | None) -> None:
     if suffix and out.suffix != suffix:
         raise AladError(f"--out {out}: an ONNX export is one file; give a path ending in {suffix}")
     parent = out.parent
-    if not parent.is_dir():
-        raise AladError(f"--out {out}: directory {parent} does not exist; create it or choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AladError(f"--out {out}: cannot create directory {parent} ({e.strerror or e}); "
+                        "choose another path") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AladError(f"--out {out}: directory {parent} is not writable; choose another path")
     if out.exists() and (out.is_dir() if suffix else not out.is_dir()):
@@ -178,7 +181,8 @@ def convert(model, task: str, *, opset: int = OPSET):
     jax2onnx = _require("jax2onnx")
     # jax2onnx imports every plugin and logs a warning for each optional library it lacks (equinox, ...),
     # and its flax plugins read parameters through the deprecated `.value`.
-    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    for name in ("jax2onnx", "onnx_ir"):  # onnx_ir: "value type ... not known" for shape-only values
+        logging.getLogger(name).setLevel(logging.ERROR)
     # The encoder checks the length against its positions: the symbolic length carries that bound.
     shape = jax.export.symbolic_shape("batch, sequence",
                                       constraints=(f"sequence <= {model.encoder.config.max_length}",))
