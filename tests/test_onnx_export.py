@@ -153,6 +153,28 @@ def test_jax_export_covers_qa(qa_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-6)
 
 
+def test_a_student_without_segments_takes_no_token_type_ids_and_mpnet_says_use_jax():
+    from alad_jax.inference.onnx_export import convert
+    from alad_jax.inference.predictor import CompiledTagger
+
+    def tiny(model_type, **extra):
+        rngs = nnx.Rngs(0)
+        config = EncoderConfig(model_type=model_type, vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2,
+                               intermediate_size=32, max_position_embeddings=64, type_vocab_size=0, **extra)
+        return TaskModel(build_encoder(config, rngs=rngs), TaggingHead(20, 3, rngs=rngs),
+                         AlignmentAdapter(16, 20, 3, 24, rngs=rngs))
+
+    model = tiny("distilbert")
+    proto = convert(model, "ner")
+    assert [value.name for value in proto.graph.input] == ["input_ids", "attention_mask"]  # DistilBERT's tokenizer's
+    ids, mask = _padded(2, 20, seed=4)
+    logits, _ = OnnxForward(proto.SerializeToString())(ids, mask)
+    want, _ = CompiledTagger(model)(ids.astype(np.int32), mask.astype(np.int32))
+    np.testing.assert_allclose(logits, np.asarray(want), rtol=0, atol=1e-4)
+    with pytest.raises(AladError, match="cannot convert this mpnet student .* use --format jax"):
+        convert(tiny("mpnet", relative_attention_num_buckets=32), "ner")
+
+
 def test_cli_exports_from_a_work_directory_and_predicts(tagger_dir, tmp_path, capsys):
     workdir = tmp_path / "run"
     (workdir / "models").mkdir(parents=True)
@@ -195,7 +217,9 @@ def test_bad_export_requests_get_one_clear_line(tagger_dir, tmp_path, capsys):
         export_onnx(tagger_dir, tmp_path / "taken" / "mine.onnx")
 
 
-REAL = [(ROOT / "runs" / "default", SENTENCES[:1] + SENTENCES[2:]), (ROOT / "runs" / "qa_squad_v2_tiny", None)]
+# `alad run` work directories: runs/ of this checkout, or ALAD_RUNS=DIR holding default/ and qa_squad_v2_tiny/.
+RUNS = Path(os.environ.get("ALAD_RUNS") or ROOT / "runs")
+REAL = [(RUNS / "default", SENTENCES[:1] + SENTENCES[2:]), (RUNS / "qa_squad_v2_tiny", None)]
 
 
 @pytest.mark.slow
@@ -209,7 +233,10 @@ def test_real_saved_models_when_present(workdir, sentences, tmp_path):
     model_dir = resolve_model_dir(workdir, "frozen", None)
     out = export_onnx(model_dir, tmp_path / "frozen.onnx")
     if sentences is None:
-        assert onnx_predictor(out).answer(QUESTIONS, CONTEXTS) == QAPredictor.from_dir(model_dir).answer(
-            QUESTIONS, CONTEXTS)
+        ours, theirs = onnx_predictor(out), QAPredictor.from_dir(model_dir)
+        assert ours.null_threshold == theirs.null_threshold
+        assert ours.answer(QUESTIONS, CONTEXTS) == theirs.answer(QUESTIONS, CONTEXTS)
+        ours.null_threshold = theirs.null_threshold = float("inf")  # always answer: the best spans themselves
+        assert ours.answer(QUESTIONS, CONTEXTS) == theirs.answer(QUESTIONS, CONTEXTS)
     else:
         assert onnx_predictor(out).predict_words(sentences) == Predictor.from_dir(model_dir).predict_words(sentences)

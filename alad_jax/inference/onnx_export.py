@@ -8,8 +8,9 @@
     tokenizer files         the student's tokenizer (tokenizer.json, tokenizer_config.json, ...)
 
 The graph's inputs are named as a transformers tokenizer names its outputs
-(``input_ids``, ``attention_mask``, ``token_type_ids``), int64 ``[batch,
-sequence]`` as ``tokenizer(..., return_tensors="np")`` returns them, so
+(``input_ids``, ``attention_mask``, ``token_type_ids``; no ``token_type_ids``
+for a student without segments, DistilBERT), int64 ``[batch, sequence]`` as
+``tokenizer(..., return_tensors="np")`` returns them, so
 ``session.run(None, dict(encoded))`` works as is. Outputs:
 
 - tagging: ``logits`` float32 ``[batch, sequence, num_labels]``, ``label_ids``
@@ -27,6 +28,8 @@ explicit window form (a vmap over ``arange(seq)`` it cannot reshape with a
 symbolic length: the fused form is traced instead), ``arange`` position ids
 (the encoder counts them with a cumsum, same numbers), and int64 inputs (JAX
 traces int32 without x64: the graph's inputs become int64 with a Cast in front).
+An MPNet student does not convert (its relative position buckets are computed
+in numpy at trace time): :func:`convert` says so and points to ``--format jax``.
 
 :class:`OnnxForward` runs a file with onnxruntime and plugs into
 :class:`~alad_jax.inference.predictor.Predictor`, so word stitching and
@@ -124,6 +127,12 @@ def _int64_io(proto, onnx) -> None:
     """Graph inputs (and integer outputs) int32 -> int64, a Cast at the boundary, as tokenizers emit int64."""
     graph = proto.graph
     int32, int64 = onnx.TensorProto.INT32, onnx.TensorProto.INT64
+    # An input no node reads (token_type_ids of DistilBERT / MPNet, which have no segments) is dropped,
+    # so the output of that model's tokenizer, which has no token_type_ids either, feeds the graph as is.
+    consumed = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+    unused = [value for value in graph.input if value.name not in consumed]
+    for value in unused:
+        graph.input.remove(value)
     casts = []
     for value in graph.input:
         if value.type.tensor_type.elem_type != int32:
@@ -188,11 +197,18 @@ def convert(model, task: str, *, opset: int = OPSET):
                                       constraints=(f"sequence <= {model.encoder.config.max_length}",))
     spec = jax.ShapeDtypeStruct(shape, jnp.int32)
     outputs = QA_OUTPUTS if task == "qa" else TAGGING_OUTPUTS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        proto = jax2onnx.to_onnx(serving_function(_serving_copy(model), task), [spec, spec, spec],
-                                 model_name=f"alad_{task}", opset=opset, input_names=list(INPUT_NAMES),
-                                 output_names=list(outputs))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proto = jax2onnx.to_onnx(serving_function(_serving_copy(model), task), [spec, spec, spec],
+                                     model_name=f"alad_{task}", opset=opset, input_names=list(INPUT_NAMES),
+                                     output_names=list(outputs))
+    except Exception as e:  # jax2onnx raises whatever its tracing hits; say what and what to use instead
+        kind = model.encoder.config.model_type
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise AladError(f"jax2onnx cannot convert this {kind} student ({type(e).__name__}: {reason[:200]}); "
+                        "BERT and DistilBERT students convert (MPNet's relative position buckets do not): "
+                        "use --format jax for this model") from e
     _int64_io(proto, onnx)
     onnx.checker.check_model(proto)
     return proto
@@ -223,7 +239,7 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, *, op
         "labels": list(loaded.labels),
         "max_length": int(loaded.info["max_length"]),
         "stride": int(loaded.info["stride"]),
-        "inputs": list(INPUT_NAMES),
+        "inputs": [value.name for value in proto.graph.input],
         "outputs": list(QA_OUTPUTS if task == "qa" else TAGGING_OUTPUTS),
         "window": loaded.info.get("window"),
         "teacher": loaded.info.get("teacher"),
