@@ -57,6 +57,17 @@ def test_report_has_every_required_key(report):
     assert report["student"].endswith("(first 1 layers)") and report["seq_len"] == 128
 
 
+def test_onnxruntime_latency_sits_next_to_the_jitted_one(report):
+    onnx = report["onnxruntime_latency_ms"]
+    if "note" in onnx:
+        assert importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("jax2onnx") is None
+        pytest.skip(onnx["note"])
+    for name in ("alad_w3_onnxruntime", "alad_w3_jit"):
+        for batch in ("b1", "b32"):
+            assert 0 < onnx[name][batch]["p50"] <= onnx[name][batch]["p95"]
+    assert onnx["export_s"] > 0
+
+
 def test_derived_figures_follow_from_the_timings(report):
     s2 = report["stage2"]
     assert s2["window"] == 3 and s2["rows"] >= 48 and 0 < s2["tokens"] <= s2["padded_tokens"]

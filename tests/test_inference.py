@@ -180,7 +180,7 @@ def test_from_workdir_finds_the_case_and_window(tmp_path, tokenizer, saved):
     assert got == [_direct_labels(w5, tokenizer, s) for s in SENTENCES[:2]]
     with pytest.raises(AladError, match="pass --window K"):
         resolve_model(tmp_path / "work", "frozen")
-    with pytest.raises(AladError, match="no saved model for case 'joint'"):
+    with pytest.raises(AladError, match=r"--case joint: .* has no saved model for it \(finished: frozen\)"):
         resolve_model(tmp_path / "work", "joint")
 
 

@@ -7,6 +7,7 @@ cannot rot again.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
+HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "jax2onnx"))
 PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```$", README, flags=re.S | re.M)
 
 
@@ -51,6 +53,11 @@ def run_root(tmp_path_factory):
     save_aligned_model(workdir / "models" / "alad_w3_frozen", encoder=student, adapter=adapter,
                        head=TaggingHead(24, len(UPOS_LABELS), rngs=nnx.Rngs(3)), labels=UPOS_LABELS, task="pos",
                        max_length=32, stride=8, tokenizer=tokenizer, meta={"teacher": "t", "student": "s"})
+    if HAS_ONNX:  # what `alad export --model runs/default --format onnx --out served/frozen.onnx` writes
+        (root / "served").mkdir()
+        from alad_jax.inference.onnx_export import export_onnx
+
+        export_onnx(workdir / "models" / "alad_w3_frozen", root / "served" / "frozen.onnx")
     return root
 
 
@@ -61,6 +68,8 @@ def test_readme_has_a_python_block():
 @pytest.mark.slow  # a fresh interpreter imports jax, flax and transformers
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_readme_python_block_runs_as_written(run_root, tmp_path, index):
+    if "onnxruntime" in PYTHON_BLOCKS[index] and not HAS_ONNX:
+        pytest.skip("the onnx extra is not installed (bash scripts/setup.sh onnx)")
     script = tmp_path / f"readme_block_{index}.py"
     script.write_text(PYTHON_BLOCKS[index], encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -72,6 +81,9 @@ def test_readme_python_block_runs_as_written(run_root, tmp_path, index):
         assert -1.0 <= float(cosine_line.rsplit(":", 1)[1]) <= 1.0
         (labels,) = _printed_lists(labels_line)
         assert len(labels) == 6 and set(labels) <= set(UPOS_LABELS)  # one label per word of the sentence
+    if "onnxruntime" in PYTHON_BLOCKS[index]:
+        first, second = (_printed_lists(line)[0] for line in out.stdout.strip().splitlines()[-2:])
+        assert len(first) == 6 and len(second) == 3 and set(first + second) <= set(UPOS_LABELS)
 
 
 def _printed_lists(text: str) -> list[list[str]]:

@@ -17,7 +17,11 @@ Every figure is measured in this process, on this machine, in this run:
   cached_epoch)``, extrapolated from one timed epoch of each;
 - ``adapter_step_mfu``: exact matmul FLOPs of the cached AlAd train step on a
   full 32 x 128 batch / its median time / the matmul peak;
-- ``peak_rss_mb``: the process's peak resident memory.
+- ``peak_rss_mb``: the process's peak resident memory;
+- ``onnxruntime_latency_ms``: the student + AlAd(K=3) + head tagger exported to
+  ONNX (``alad export``'s converter) and run by onnxruntime on CPU, next to the
+  same model's jitted forward, interleaved run by run (b1, b32, seq 128, p50/p95);
+  absent, with a note, when the onnx extra is not installed.
 
 Compilation is excluded from every timing (steps are compiled ahead of time
 per batch shape). ``--vs-torch`` also times the authors' PyTorch recipe
@@ -144,6 +148,24 @@ def _latencies(forwards: dict, reps: dict, vocab: int) -> dict:
         for name in forwards:
             out[name][f"b{rows}"] = _percentiles(times[name])
     return out
+
+
+def _onnxruntime_latency(tagger: CompiledTagger, reps: dict, vocab: int) -> dict:
+    """{"alad_w3_onnxruntime": {b1, b32}, "alad_w3_jit": {b1, b32}, ...}: one model, both runtimes, interleaved."""
+    try:
+        import jax2onnx  # noqa: F401  (the converter: without it there is nothing to time)
+        import onnxruntime
+    except ImportError:
+        return {"note": "not measured: install the onnx extra (bash scripts/setup.sh onnx)"}
+    from alad_jax.inference.onnx_export import OnnxForward, convert
+
+    started = time.perf_counter()
+    proto = convert(nnx.merge(tagger.graphdef, tagger.state), "pos")
+    export_s = time.perf_counter() - started
+    forward = OnnxForward(proto.SerializeToString())
+    timed = _latencies({"alad_w3_onnxruntime": forward, "alad_w3_jit": tagger}, reps, vocab)
+    return {**timed, "onnxruntime": onnxruntime.__version__, "export_s": export_s,
+            "onnxruntime_threads": "default (one per core)"}
 
 
 class _Trainer:
@@ -319,8 +341,9 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         num_labels = len(task.vocab)
 
         peak_before = _peak_gflops(effort)
-        latency = _latencies(_latency_models(cfg, teacher, student, num_labels), effort.latency_reps,
-                             teacher.config.vocab_size)
+        latency_models = _latency_models(cfg, teacher, student, num_labels)
+        latency = _latencies(latency_models, effort.latency_reps, teacher.config.vocab_size)
+        onnx_latency = _onnxruntime_latency(latency_models["alad_w3"], effort.latency_reps, teacher.config.vocab_size)
         stage2 = _stage2(cfg, teacher, student, tasks.rows_of(rows), batches, workdir)
         step = _adapter_step(cfg, student.config.hidden_size, teacher.config.hidden_size, effort)
         peak_after = _peak_gflops(effort)
@@ -363,6 +386,7 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         "matmul_gflops_before_after": [peak_before, peak_after],
         "latency_ms": latency,
         "latency_overhead_vs_student": overhead,
+        "onnxruntime_latency_ms": onnx_latency,
         "align_tokens_per_s": {"uncached": stage2["tokens"] / stage2["uncached_epoch_s"],
                                "cached": stage2["tokens"] / stage2["cached_epoch_s"]},
         "stage2": stage2,

@@ -153,7 +153,10 @@ def model_dir(workdir: str | Path, case: str = DEFAULT.name, window: int | None 
                             "pick another --case/--window or finish the run")
         return models / name
     if len(found) != 1:
-        what = "no saved model" if not found else f"several windows ({', '.join(found)})"
-        raise AladError(f"{models}: {what} for case {case!r}; "
-                        + ("pass --window K" if found else "finish alad run first, or pick another --case"))
+        if found:
+            raise AladError(f"{models}: several windows ({', '.join(found)}) for case {case!r}; pass --window K")
+        finished = sorted({parsed[0].name for p in models.iterdir()
+                           if (p / marker).is_file() and (parsed := parse_row(p.name)) and parsed[0].windowed})
+        raise AladError(f"--case {case}: {models} has no saved model for it (finished: {', '.join(finished) or 'none'}); "
+                        "pick one of those, or finish alad run first")
     return models / found[0]

@@ -2,7 +2,8 @@
 
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
-    alad predict --model DIR (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad predict --model DIR_OR_ONNX (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
     alad bench [KEY=VALUE ...]
 
 User errors print one line (``error: what, where, how to fix``) and exit 2.
@@ -40,9 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="label text with a saved aligned model or a finished work directory")
     predict.add_argument("--model", required=True,
-                         help="saved aligned model directory, exported serving artifact, or a work directory")
-    predict.add_argument("--case", default=cases.DEFAULT.name, choices=[c.name for c in cases.WINDOWED],
-                         help=f"which trained case of a work directory (default {cases.DEFAULT.name})")
+                         help="saved aligned model directory, exported serving artifact, .onnx file (alad export), "
+                              "or a work directory")
+    predict.add_argument("--case", default=cases.DEFAULT.name,
+                         help=f"which trained case of a work directory: {', '.join(c.name for c in cases.WINDOWED)} "
+                              f"(default {cases.DEFAULT.name})")
     predict.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
     predict.add_argument("--text", action="append", help="a raw sentence, split on whitespace (repeatable)")
     predict.add_argument("--words", action="append", nargs="+", metavar="WORD",
@@ -53,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--question", action="append", help="QA models: a question (repeatable, pairs with --context)")
     predict.add_argument("--context", action="append", help="QA models: the context to answer from (repeatable)")
     predict.add_argument("--out", help="write predictions here (CoNLL: word<TAB>label) instead of stdout")
+
+    export = sub.add_parser("export", help="write a saved model as one ONNX file or a jax.export serving artifact")
+    export.add_argument("--model", required=True, help="saved aligned model directory, or a finished work directory")
+    export.add_argument("--case", default=cases.DEFAULT.name,
+                        help=f"which trained case of a work directory: {', '.join(c.name for c in cases.WINDOWED)} "
+                             f"(default {cases.DEFAULT.name})")
+    export.add_argument("--window", type=int, help="which window K of a work directory (default: the only one)")
+    export.add_argument("--format", required=True, choices=["onnx", "jax"],
+                        help="onnx: one .onnx file (+ alad.json and the tokenizer beside it); jax: a jax.export "
+                             "directory")
+    export.add_argument("--out", required=True, help="the .onnx file, or the directory of a jax export")
 
     bench = sub.add_parser("bench", help="measure latency, alignment throughput and MFU; prints one JSON document")
     bench.add_argument("--vs-torch", action="store_true", help="also time the PyTorch reference recipe (needs torch)")
@@ -112,6 +126,12 @@ def _predict(args) -> int:
     return predict.main(args)
 
 
+def _export(args) -> int:
+    from alad_train import export
+
+    return export.main(args)
+
+
 def _bench(args) -> int:
     from alad_train import bench
 
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"run": _run, "compress": _compress, "predict": _predict, "bench": _bench}[args.command]
+    handler = {"run": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
     try:
         return handler(args)
     except AladError as e:

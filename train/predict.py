@@ -48,14 +48,30 @@ def _file_format(path: str, fmt: str | None) -> str:
 
 def main(args) -> int:
     """word<TAB>label lines, a blank line between sentences (stdout or --out); QA: one answer a line."""
+    from alad_jax.inference.export import SERVING_JSON
+
+    if Path(args.model).suffix == ".onnx":  # an `alad export --format onnx` file, run by onnxruntime
+        from alad_jax.inference.onnx_export import onnx_predictor
+
+        onnx_model = onnx_predictor(args.model)
+        if args.question or args.context:
+            print("\n".join(onnx_model.answer(args.question or [], args.context or [])))
+            return 0
+        return _label(onnx_model, args)
     model = resolve_model(args.model, args.case, args.window)
     if args.question or args.context:
-        answers = QAPredictor.from_dir(model).answer(args.question or [], args.context or [])
-        print("\n".join(answers))
+        qa_model = QAPredictor.from_exported(model) if (model / SERVING_JSON).is_file() else QAPredictor.from_dir(model)
+        print("\n".join(qa_model.answer(args.question or [], args.context or [])))
         return 0
+    return _label(Predictor.open(model), args)
+
+
+def _label(predictor, args) -> int:
+    """word<TAB>label lines for --text / --words / --file."""
     if not (args.text or args.words or args.file):
         raise AladError('alad predict: nothing to label; give --text "a sentence", --words W1 W2 ... or --file FILE')
-    predictor = Predictor.open(model)
+    if not hasattr(predictor, "predict_words"):
+        raise AladError(f"{args.model} is a QA model; ask it with --question Q --context C")
     pairs: list[tuple[list[str], list[str]]] = []
     if args.text:
         pairs += [(t.split(), labels) for t, labels in zip(args.text, predictor.predict_text(args.text))]

@@ -13,6 +13,13 @@ Each program is ``(params, input_ids [b, L] int32, attention_mask [b, L] int32)
 list of arrays in ``serving.json``'s order. The parameters are an argument
 rather than constants folded into each program, so they are stored once.
 
+A QA model (``task: "qa"`` in ``serving.json``, written by :func:`export_model`)
+has one program, at ``max_length`` (QA windows are always padded to it):
+``(params, input_ids, attention_mask, token_type_ids) -> (start_logits,
+end_logits)`` float32 ``[b, L]``; ``serving.json`` also holds the null
+threshold, and span decoding stays in Python
+(:meth:`~alad_jax.inference.predictor.QAPredictor.from_exported`).
+
 This module imports neither flax nor the model code: :func:`load_exported`
 needs jax, numpy and safetensors only.
 """
@@ -94,6 +101,98 @@ def export_predictor(predictor, out_path: str | os.PathLike, *, platforms: Seque
     return out
 
 
+def export_spans(model, tokenizer, out_path: str | os.PathLike, *, max_length: int, stride: int,
+                 null_threshold: float, max_query_length: int = 64, platforms: Sequence[str] | None = None) -> Path:
+    """Serializes a QA TaskModel's span logits into the directory ``out_path`` (one program, length
+    ``max_length``, symbolic batch); ``null_threshold`` is the dev-tuned one of the saved model."""
+    from flax import nnx
+
+    from alad_jax.data import qa
+
+    out = Path(out_path)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SERVING_JSON).is_file())):
+        raise AladError(f"{out} exists and is not a serving artifact (no {SERVING_JSON}); choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    graphdef, state = nnx.split(model)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in flat]
+    leaves = [np.asarray(leaf, np.float32) for _, leaf in flat]
+
+    def serve(params, input_ids, attention_mask, token_type_ids):
+        start, end = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, params))(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        return start.astype(jnp.float32), end.astype(jnp.float32)
+
+    (batch,) = jax.export.symbolic_shape("b")
+    tokens = jax.ShapeDtypeStruct((batch, max_length), jnp.int32)
+    param_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+    exported = jax.export.export(jax.jit(serve), platforms=platforms)(param_specs, tokens, tokens, tokens)
+    (out / _program_file(max_length)).write_bytes(exported.serialize())
+    save_file({name: leaf for name, leaf in zip(names, leaves)}, str(out / PARAMS_FILE))
+    tokenizer.save_pretrained(str(out))
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "task": "qa",
+        "labels": [],
+        "max_length": int(max_length),
+        "stride": int(stride),
+        "null_threshold": qa.threshold_to_json(null_threshold),
+        "max_query_length": int(max_query_length),
+        "buckets": [int(max_length)],
+        "row_sizes": [],
+        "params": names,
+        "programs": {str(max_length): _program_file(max_length)},
+        "platforms": list(exported.platforms),
+        "inputs": "input_ids, attention_mask, token_type_ids int32 [b, max_length]",
+        "outputs": "start_logits float32 [b, max_length], end_logits float32 [b, max_length]",
+    }
+    (out / SERVING_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def export_model(model_dir: str | os.PathLike, out_path: str | os.PathLike, *,
+                 platforms: Sequence[str] | None = None) -> Path:
+    """A saved aligned model (tagging or QA) -> the serving artifact directory ``out_path``."""
+    from alad_jax.data import qa
+    from alad_jax.inference.predictor import Predictor
+    from alad_jax.inference.saved_model import MODEL_JSON, STUDENT_DIR, load_aligned_model
+    from alad_jax.models import hub
+
+    model_dir = Path(model_dir)
+    loaded = load_aligned_model(model_dir)
+    if loaded.info["task"] != "qa":
+        return export_predictor(Predictor.from_dir(model_dir), out_path, platforms=platforms)
+    meta = loaded.info.get("meta") or {}
+    threshold = qa.threshold_from_json(meta.get("null_threshold"), f"{model_dir / MODEL_JSON}: meta")
+    return export_spans(loaded.model, hub.load_tokenizer(str(model_dir / STUDENT_DIR)), out_path,
+                        max_length=loaded.info["max_length"], stride=loaded.info["stride"],
+                        null_threshold=threshold, max_query_length=int(meta.get("max_query_length", 64)),
+                        platforms=platforms)
+
+
+class ExportedSpans:
+    """A reloaded QA program: ``spans(batch) -> (start_logits, end_logits)``, float32 ``[rows, max_length]``.
+
+    ``batch`` holds int ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[rows, max_length]``.
+    """
+
+    def __init__(self, info: dict, program: jax.export.Exported, params: list[jax.Array]):
+        self.max_length = int(info["max_length"])
+        self.stride = int(info["stride"])
+        self.null_threshold = info["null_threshold"]
+        self.max_query_length = int(info.get("max_query_length", 64))
+        self.params = params
+        self._call = jax.jit(program.call)
+
+    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+        ids, mask, types = (np.asarray(batch[k], np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        if ids.ndim != 2 or ids.shape[1] != self.max_length or not ids.shape == mask.shape == types.shape:
+            raise AladError(f"exported QA model: inputs must be [rows, {self.max_length}] (max_length), "
+                            f"got {ids.shape}, {mask.shape}, {types.shape}")
+        return self._call(self.params, ids, mask, types)
+
+
 class ExportedTagger:
     """The reloaded programs: ``tagger(input_ids, attention_mask) -> (logits, label_ids)``.
 
@@ -128,8 +227,8 @@ class ExportedTagger:
         return logits[:, :length], label_ids[:, :length]
 
 
-def load_exported(path: str | os.PathLike) -> ExportedTagger:
-    """Reads a directory written by :func:`export_predictor`."""
+def load_exported(path: str | os.PathLike) -> ExportedTagger | ExportedSpans:
+    """Reads a directory written by :func:`export_predictor` (a tagger) or :func:`export_spans` (QA)."""
     path = Path(path)
     info_file = path / SERVING_JSON
     if not info_file.is_file():
@@ -157,4 +256,6 @@ def load_exported(path: str | os.PathLike) -> ExportedTagger:
         if platform not in program.platforms:
             raise AladError(f"{path / _program_file(length)} was exported for {', '.join(program.platforms)}, "
                             f"not this {platform} backend; export with platforms=[..., '{platform}']")
+    if info.get("task") == "qa":
+        return ExportedSpans(info, programs[int(info["max_length"])], params)
     return ExportedTagger(info, programs, params)

@@ -121,6 +121,9 @@ class Predictor:
         from alad_jax.inference.export import load_exported
 
         exported = load_exported(path)
+        if not hasattr(exported, "labels"):
+            raise AladError(f"{path} is a QA serving artifact; answer questions with QAPredictor.from_exported "
+                            "(alad predict --question Q --context C)")
         tokenizer = hub.load_tokenizer(str(path))
         return cls(exported, exported.labels, tokenizer, max_length=exported.max_length, stride=exported.stride,
                    buckets=exported.buckets, row_sizes=exported.row_sizes)
@@ -201,13 +204,20 @@ class QAPredictor:
     the null threshold tuned on dev during training (``alad.json``).
     """
 
-    def __init__(self, model: TaskModel, tokenizer, *, max_length: int, stride: int, null_threshold: float,
-                 max_query_length: int = 64, batch_size: int = 8):
-        self.graphdef, self.state = nnx.split(model)
+    def __init__(self, spans: Callable[[dict], tuple], tokenizer, *, max_length: int, stride: int,
+                 null_threshold: float, max_query_length: int = 64, batch_size: int = 8):
+        """``spans(batch) -> (start_logits, end_logits)`` ``[rows, max_length]``: the in-process model
+        (:meth:`from_model`), a jax.export artifact or an ONNX file."""
+        self.spans = spans
         self.tokenizer = tokenizer
         self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
         self.max_query_length = max_query_length
         self.null_threshold = null_threshold
+
+    @classmethod
+    def from_model(cls, model: TaskModel, tokenizer, **options) -> QAPredictor:
+        graphdef, state = nnx.split(model)
+        return cls(lambda batch: predict_spans(graphdef, state, batch), tokenizer, **options)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> QAPredictor:
@@ -217,9 +227,21 @@ class QAPredictor:
         meta = loaded.info.get("meta") or {}
         threshold = qa.threshold_from_json(meta.get("null_threshold"), f"{Path(path) / MODEL_JSON}: meta")
         # Questions are cut as in training (models saved before this key existed used the default, 64).
-        return cls(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
-                   max_length=loaded.info["max_length"], stride=loaded.info["stride"], null_threshold=threshold,
-                   max_query_length=int(meta.get("max_query_length", 64)))
+        return cls.from_model(loaded.model, hub.load_tokenizer(str(Path(path) / STUDENT_DIR)),
+                              max_length=loaded.info["max_length"], stride=loaded.info["stride"],
+                              null_threshold=threshold, max_query_length=int(meta.get("max_query_length", 64)))
+
+    @classmethod
+    def from_exported(cls, path: str | os.PathLike) -> QAPredictor:
+        """A QA serving artifact written by :func:`alad_jax.inference.export.export_model`."""
+        from alad_jax.inference.export import ExportedSpans, load_exported
+
+        exported = load_exported(path)
+        if not isinstance(exported, ExportedSpans):
+            raise AladError(f"{path} is a tagging artifact; use Predictor.from_exported for word labels")
+        threshold = qa.threshold_from_json(exported.null_threshold, f"{Path(path) / 'serving.json'}")
+        return cls(exported, hub.load_tokenizer(str(path)), max_length=exported.max_length, stride=exported.stride,
+                   null_threshold=threshold, max_query_length=exported.max_query_length)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
         """One answer per (question, context) pair; "" means unanswerable."""
@@ -232,7 +254,7 @@ class QAPredictor:
         start = np.zeros(features.input_ids.shape, np.float32)
         end = np.zeros_like(start)
         for batch in qa.make_qa_batches(features, batch_size=self.batch_size):
-            s, e = (np.asarray(x) for x in predict_spans(self.graphdef, self.state, batch))
+            s, e = (np.asarray(x) for x in self.spans(batch))
             real = batch["feature_index"] >= 0
             start[batch["feature_index"][real]], end[batch["feature_index"][real]] = s[real], e[real]
         answers, _ = qa.postprocess_qa(examples, features, start, end, null_threshold=self.null_threshold)

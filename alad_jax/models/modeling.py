@@ -128,7 +128,10 @@ class Embeddings(nnx.Module):
     def position_ids(self, input_ids):
         """int [batch, seq] (or [1, seq] when positions do not depend on the ids)."""
         if not self.positions_from_ids:
-            return jnp.arange(input_ids.shape[1])[None]
+            # 0, 1, ..., seq-1 counted from the ids' shape rather than jnp.arange(seq): the same
+            # numbers, and it converts to ONNX with a dynamic sequence length (jax2onnx 0.17 cannot
+            # broadcast an arange over a symbolic length against the ids).
+            return jnp.cumsum(jnp.ones_like(input_ids[:1]), axis=1) - 1
         # MPNet, as transformers computes it: from the ids, not the attention mask, so a real token's
         # position never depends on the padding after it; padding itself sits at position 1.
         real = (input_ids != MPNET_PADDING_IDX).astype(jnp.int32)
