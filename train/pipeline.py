@@ -29,10 +29,9 @@ from safetensors.numpy import load_file, save_file
 
 from alad_jax import sharding
 from alad_jax.adapter import AlignmentAdapter, adapter_param_report, export_reference, import_reference
-from alad_jax.adapter import token_cosine_sum
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config, dump_toml
-from alad_jax.data import splits, tagging
+from alad_jax.data import splits, tagging, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.inference.predictor import load_aligned_model, save_aligned_model
 from alad_jax.models import compress, hub
@@ -189,12 +188,7 @@ class Pipeline:
         tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)
         self.student_dir = self._make_student()
         student_tok = hub.load_tokenizer(self.student_dir, cache_dir=cache_dir)
-        if student_tok.get_vocab() != tokenizer.get_vocab():
-            raise AladError(
-                f"student {cfg.student} and teacher {cfg.teacher} tokenize differently; AlAd aligns token by token, "
-                f"so pick a student that shares the teacher's vocabulary"
-            )
-        self.task = (tasks.QATask if cfg.task == "qa" else tasks.TaggingTask).load(cfg, tokenizer)
+        self._plan_teacher_inputs(tokenizer, student_tok)
         rows = {"teacher": self.stage("teacher", self._teacher)}
         rows["student_probe"] = self.stage("student_probe", lambda: self._task_case("student_probe", "probe"))
         rows["student_ft"] = self.stage("student_ft", lambda: self._task_case("student_ft", "student_ft"))
@@ -218,6 +212,33 @@ class Pipeline:
         self.logger.close()
         return results
 
+    # -- a teacher with its own tokenizer (alad_jax.data.teacher_inputs) ---------------------------
+    def _plan_teacher_inputs(self, tokenizer, student_tok) -> None:
+        """``self.task`` (the student's rows), ``self.teacher_task`` (the teacher's) and how the teacher reads
+        the student's rows; a tokenizer pair that cannot align at ``alignment.level`` is refused."""
+        cfg = self.cfg
+        task_cls = tasks.QATask if cfg.task == "qa" else tasks.TaggingTask
+        same = teacher_inputs.same_vocabulary(tokenizer, student_tok)
+        if cfg.task == "qa" and (not same or cfg.alignment.level != "token"):
+            raise AladError(f"task qa needs a student that shares the teacher's tokenizer and alignment.level = "
+                            f"\"token\"; {cfg.student} and {cfg.teacher} tokenize differently or level is word")
+        self.task = task_cls.load(cfg, tokenizer if same else student_tok)
+        self.teacher_task = self.task if same else task_cls.load(cfg, tokenizer)
+        sentences = [] if same else [s.words for split in self.task.sentences.values() for s in split]
+        if not same and any(stage not in self.progress for stage in (f"align_w{k}" for k in cfg.windows)):
+            sentences += [s.words for s in tasks.read_corpus(cfg)]
+        self.teacher_inputs = teacher_inputs.plan_teacher_inputs(
+            tokenizer, student_tok, sentences, level=cfg.alignment.level, names=(cfg.teacher, cfg.student),
+            max_length=min(4 * cfg.max_length, 512))
+        self._teacher_rows: dict[str, teacher_inputs.TeacherRows] = {}
+
+    def teacher_rows(self, split: str) -> teacher_inputs.TeacherRows:
+        """The teacher's side of a task split's rows."""
+        if split not in self._teacher_rows:
+            sentences = self.task.sentences[split] if self.teacher_inputs.level == "word" else None
+            self._teacher_rows[split] = self.teacher_inputs.rows(self.task.text_rows(split), sentences)
+        return self._teacher_rows[split]
+
     def _make_student(self) -> str:
         cfg = self.cfg
         if cfg.student_layers <= 0:
@@ -233,7 +254,7 @@ class Pipeline:
         head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, "teacher_head"))
         model = TaskModel(encoder, head, train_encoder=not cfg.teacher_finetuned)
         which = "teacher_head" if cfg.teacher_finetuned else "teacher"
-        row, best = self._train_and_score("teacher", model, which)
+        row, best = self._train_and_score("teacher", model, which, task=self.teacher_task)
         if sharding.is_primary():
             hub.save_encoder(best.encoder, self.workdir / "models" / "teacher")
             save_file(_flat_state(best.head), str(self.workdir / "models" / "teacher_head.safetensors"))
@@ -278,7 +299,8 @@ class Pipeline:
             features = self.task.text_rows(split)
             self._task_caches[split] = HiddenCache.build(
                 self.workdir / "cache", tasks.rows_of(features), self.load_student(), teacher,
-                token_types=features.token_type_ids, buckets=tasks.buckets_for(self.cfg.max_length))
+                token_types=features.token_type_ids, buckets=tasks.buckets_for(self.cfg.max_length),
+                **self.teacher_rows(split).cache_kwargs())
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -286,7 +308,7 @@ class Pipeline:
         cache = self.task_cache(split)
         return lambda batch: {**batch, "encoder_hidden": cache.gather(batch)["student_hidden"]}
 
-    def _train_and_score(self, name: str, model: TaskModel, case: str) -> tuple[dict, TaskModel]:
+    def _train_and_score(self, name: str, model: TaskModel, case: str, task=None) -> tuple[dict, TaskModel]:
         """Train ``case``'s parameters of ``model``; its row (dev/test, params, latency, cosine) and best model.
 
         Cases with a frozen student train and select on its cached output (a frozen
@@ -294,7 +316,7 @@ class Pipeline:
         come from the full model.
         """
         stage_cfg = getattr(self.cfg.stages, STAGE_OF_CASE[case])
-        task = self.task
+        task = task or self.task
         cached = self.cfg.cache_features and case in FROZEN_STUDENT_CASES
         train_prepare = self._encoder_hidden("train") if cached else None
         dev_prepare = self._encoder_hidden("dev") if cached else None
@@ -323,14 +345,18 @@ class Pipeline:
 
     # -- alignment stages 1 and 2 ----------------------------------------------------------------
     def _alignment_rows(self, stage: str):
+        """(train, validation) student rows and the teacher's side of each."""
         cfg = self.cfg
         if stage == "continual":
-            return self.task.text_rows("train"), self.task.text_rows("dev")
+            return (self.task.text_rows("train"), self.task.text_rows("dev"),
+                    self.teacher_rows("train"), self.teacher_rows("dev"))
         val, rest = splits.hash_holdout(tasks.read_corpus(cfg), cfg.corpus.val_sentences)
         train = splits.subsample(rest, cfg.corpus.max_sentences or None, seed=cfg.seed)
         encode = lambda s: tagging.encode_tagging(s, self.task.tokenizer, None, max_length=cfg.max_length,
                                                   stride=cfg.stride)
-        return encode(train), encode(val)
+        train_rows, val_rows = encode(train), encode(val)
+        return (train_rows, val_rows, self.teacher_inputs.rows(train_rows, train),
+                self.teacher_inputs.rows(val_rows, val))
 
     def _align(self, window: int, stage: str) -> dict:
         cfg = self.cfg
@@ -342,22 +368,24 @@ class Pipeline:
                                        cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
         else:
             adapter = import_reference(self.adapter_path(window, "align"), impl=cfg.adapter_impl)
-        train_rows, val_rows = self._alignment_rows(stage)
+        train_rows, val_rows, train_teacher, val_teacher = self._alignment_rows(stage)
         stage_cfg = getattr(cfg.stages, stage)
         val_batches = tasks.alignment_eval_batches(val_rows, cfg)
         if cfg.cache_features and stage == "continual":
             train_cache, val_cache = self.task_cache("train"), self.task_cache("dev")
         elif cfg.cache_features:
             cache_dir, buckets = self.workdir / "cache", tasks.buckets_for(cfg.max_length)
-            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets)
-            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets)
+            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets,
+                                            **train_teacher.cache_kwargs())
+            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets,
+                                          **val_teacher.cache_kwargs())
         if cfg.cache_features:
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
-            prepare, val_prepare = train_cache.gather, val_cache.gather
+            prepare, val_prepare = _then(train_teacher, train_cache.gather), _then(val_teacher, val_cache.gather)
         else:
             objective = Objective(models.AlignModel(student, teacher, adapter), TRAINABLE["frozen"],
                                   models.align_loss)
-            prepare = val_prepare = None
+            prepare, val_prepare = _then(train_teacher), _then(val_teacher)
 
         def evaluate(model):
             graphdef, state = nnx.split(model)
@@ -391,22 +419,28 @@ class Pipeline:
         warm-up call each, the rows take turns ``latency_batches`` times, so a
         slow minute on a shared machine hits every row alike.
         """
-        rows = self.task.text_rows("test")
-        batch = tasks.alignment_eval_batches(rows, self.cfg)[0]
         ids = np.zeros((self.cfg.eval_batch_size, self.cfg.max_length), np.int32)
-        batch = {key: _pad_to(value, ids.shape) for key, value in batch.items() if value.ndim == 2}
-        if self.cfg.task == "qa":
-            batch["feature_index"] = np.arange(len(ids), dtype=np.int32)
+
+        def first_batch(task):
+            batch = tasks.alignment_eval_batches(task.text_rows("test"), self.cfg)[0]
+            batch = {key: _pad_to(value, ids.shape) for key, value in batch.items() if value.ndim == 2}
+            if self.cfg.task == "qa":
+                batch["feature_index"] = np.arange(len(ids), dtype=np.int32)
+            return batch
+
+        # The teacher reads its own tokenization of the same test rows.
+        batches = {"student": first_batch(self.task), "teacher": first_batch(self.teacher_task)}
+        batch_of = {name: batches["teacher" if name == "teacher" else "student"] for name in names}
         predict = models.predict_spans if self.cfg.task == "qa" else models.predict_tags
         split = {}
         for name in names:
             split[name] = nnx.split(self._row_model(name))
-            jax.block_until_ready(predict(*split[name], batch))
+            jax.block_until_ready(predict(*split[name], batch_of[name]))
         times = {name: [] for name in names}
         for _ in range(self.cfg.latency_batches):
             for name in names:
                 t = time.perf_counter()
-                jax.block_until_ready(predict(*split[name], batch))
+                jax.block_until_ready(predict(*split[name], batch_of[name]))
                 times[name].append((time.perf_counter() - t) * 1000)
         return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
                 "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
@@ -429,8 +463,10 @@ class Pipeline:
         total = count = 0.0
         for batch in tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg):
             pred = models.hidden_states(graphdef, state, prepare(batch) if prepare else batch)
+            # At word level: per word (the cache holds the teacher's word means at the student's tokens).
+            batch = self.teacher_rows("test").add_to_batch(batch, teacher_ids=False)
             target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
-            s, n = token_cosine_sum(pred, target, batch["attention_mask"])
+            _, s, n = models.alignment_sums(pred, target, batch)
             total, count = total + float(s), count + float(n)
         return round(total / max(count, 1), 4)
 
@@ -459,6 +495,17 @@ class Pipeline:
             "seconds": round(seconds, 1),
             "devices": [str(d) for d in jax.devices()],
         }
+
+
+def _then(teacher_rows: teacher_inputs.TeacherRows, gather=None):
+    """A ``prepare`` adding the teacher's side of each batch: its ids (no cache) or word ids, then ``gather``.
+
+    None when there is nothing to add (one tokenizer, no cache)."""
+    if teacher_rows.level == "same":
+        return gather
+    if gather is None:
+        return teacher_rows.add_to_batch
+    return lambda batch: gather(teacher_rows.add_to_batch(batch, teacher_ids=False))
 
 
 def _stopping(result) -> dict:
