@@ -8,7 +8,9 @@
 - :mod:`~alad_jax.data.tagging`: tags -> sub-word labels, windows, stitching;
 - :mod:`~alad_jax.data.batching`: bucketed, jit-friendly, multi-host batches;
 - :mod:`~alad_jax.data.wordpieces`: do teacher and student cut sentences into
-  the same word pieces, and per-token word ids for word-level alignment.
+  the same word pieces, and per-token word ids for word-level alignment;
+- :mod:`~alad_jax.data.teacher_inputs`: what a teacher with its own tokenizer
+  reads for each student row (its ids, or its own words' pieces).
 """
 
 from alad_jax.data.batching import DEFAULT_BUCKETS, batch_shapes, bucket_length, make_batches, rows_from_batches
@@ -27,6 +29,7 @@ from alad_jax.data.readers import (
 )
 from alad_jax.data.splits import split_by_hash, subsample
 from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
+from alad_jax.data.teacher_inputs import TeacherInputs, TeacherRows, plan_teacher_inputs
 from alad_jax.data.wordpieces import same_wordpieces, word_ids_array
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
     "LabelVocab",
     "QAExample",
     "TaggedSentence",
+    "TeacherInputs",
+    "TeacherRows",
     "TaggingFeatures",
     "batch_shapes",
     "bucket_length",
@@ -46,6 +51,7 @@ __all__ = [
     "load_packaged",
     "make_batches",
     "packaged_path",
+    "plan_teacher_inputs",
     "read_conll",
     "read_conllu",
     "read_dataset",
