@@ -110,6 +110,49 @@ def _writer_is_gone(tmp: Path) -> bool:
     return False
 
 
+def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: Sequence[np.ndarray] | None,
+                 batch_size: int, buckets: Sequence[int] | None) -> np.ndarray:
+    """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``."""
+    graphdef, state = nnx.split(encoder)
+    lengths = np.array([len(r) for r in rows], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
+    # Longest first, in fixed-size blocks padded to the block's longest row.
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        longest = int(lengths[idx].max())
+        fits = [b for b in buckets or () if b >= longest]
+        # A few fixed widths bound recompiles.
+        width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
+        ids = pad_rows([rows[i] for i in idx], width_t, num_rows=batch_size)
+        mask = pad_rows([np.ones(lengths[i], np.int32) for i in idx], width_t, num_rows=batch_size)
+        segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,
+                            num_rows=batch_size)
+        hidden = np.asarray(_encode(graphdef, state, ids, mask, segments))
+        for r, i in enumerate(idx):
+            out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
+    return out
+
+
+def _words_to_student_tokens(teacher: np.ndarray, teacher_rows, teacher_words, student_words) -> np.ndarray:
+    """Per student token, the mean teacher state over the teacher's tokens of the same word (0 if none)."""
+    out = np.zeros((sum(len(w) for w in student_words), teacher.shape[1]), BF16)
+    t_start = s_start = 0
+    for t_row, t_words, s_words in zip(teacher_rows, teacher_words, student_words):
+        states = np.asarray(teacher[t_start:t_start + len(t_row)], np.float32)
+        num = int(max(t_words.max(initial=-1), s_words.max(initial=-1))) + 1
+        sums = np.zeros((num + 1, teacher.shape[1]), np.float32)  # the last slot collects -1 (no word)
+        counts = np.zeros(num + 1, np.float32)
+        np.add.at(sums, t_words, states)
+        np.add.at(counts, t_words, 1.0)
+        means = sums / np.maximum(counts, 1.0)[:, None]
+        means[-1] = 0.0
+        out[s_start:s_start + len(s_words)] = means[s_words].astype(BF16)
+        t_start, s_start = t_start + len(t_row), s_start + len(s_words)
+    return out
+
+
 class HiddenCache:
     """Per-row student and teacher hidden states, ``[num_tokens, D]`` bf16 each, plus row offsets."""
 
@@ -121,45 +164,45 @@ class HiddenCache:
     @classmethod
     def build(cls, directory: Path, rows: Sequence[np.ndarray], student: nnx.Module, teacher: nnx.Module,
               *, token_types: Sequence[np.ndarray] | None = None, batch_size: int = 64,
-              buckets: Sequence[int] | None = None) -> "HiddenCache":
+              buckets: Sequence[int] | None = None, teacher_rows: Sequence[np.ndarray] | None = None,
+              teacher_words: Sequence[np.ndarray] | None = None,
+              student_words: Sequence[np.ndarray] | None = None) -> "HiddenCache":
         """Load the cache for (student, teacher, rows) from ``directory``, computing it if absent.
 
         ``rows`` are token id arrays (special tokens included), one per sequence;
         ``token_types`` their segment ids (QA: question 0, context 1), zeros if None.
         ``buckets`` are the padded lengths to compute at (the training buckets: no
         new compilations); default powers of two.
+
+        A teacher with its own tokenizer (``alad_jax.data.teacher_inputs``):
+        ``teacher_rows`` are its token ids per row (default ``rows``); with
+        ``teacher_words`` (word per teacher token) and ``student_words`` (word per
+        student token, row-relative, -1 for none) the cache stores, at each student
+        token, the mean teacher state of its word (0 where the teacher lacks it),
+        so it is gathered like a token-level cache and pooling it again over the
+        student's sub-words gives the teacher's word mean.
         """
         key = hashlib.blake2b(
             "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]
-                     + ([fingerprint_rows(token_types)] if token_types is not None else [])).encode(),
+                     + ([fingerprint_rows(token_types)] if token_types is not None else [])
+                     + [fingerprint_rows(x) for x in (teacher_rows, teacher_words, student_words) if x is not None]
+                     ).encode(),
             digest_size=12,
         ).hexdigest()
         path = Path(directory) / key
         if (path / "done.json").is_file():
             return cls._load(path)
-        lengths = np.array([len(r) for r in rows], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
         parts = {}
         for name, encoder in (("student", student), ("teacher", teacher)):
-            graphdef, state = nnx.split(encoder)
-            width = encoder.config.hidden_size
-            out = np.zeros((offsets[-1], width), BF16)
-            # Longest first, in fixed-size blocks padded to the block's longest row.
-            order = np.argsort(-lengths, kind="stable")
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                longest = int(lengths[idx].max())
-                fits = [b for b in buckets or () if b >= longest]
-                # A few fixed widths bound recompiles.
-                width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
-                ids = pad_rows([rows[i] for i in idx], width_t, num_rows=batch_size)
-                mask = pad_rows([np.ones(lengths[i], np.int32) for i in idx], width_t, num_rows=batch_size)
-                segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,
-                                    num_rows=batch_size)
-                hidden = np.asarray(_encode(graphdef, state, ids, mask, segments))
-                for r, i in enumerate(idx):
-                    out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
-            parts[name] = out
+            encoder_rows = rows if name == "student" or teacher_rows is None else teacher_rows
+            parts[name] = _encode_rows(encoder, encoder_rows, None if encoder_rows is not rows else token_types,
+                                       batch_size, buckets)
+        if teacher_words is not None:
+            parts["teacher"] = _words_to_student_tokens(parts["teacher"], teacher_rows, teacher_words, student_words)
+        if parts["teacher"].shape[0] != offsets[-1]:
+            raise AladError(f"hidden cache: the teacher rows have {parts['teacher'].shape[0]} tokens, the student rows "
+                            f"{offsets[-1]}; pass teacher_words and student_words when the tokenizations differ")
         _publish(path, parts, offsets, len(rows))
         return cls(parts["student"], parts["teacher"], offsets)
 

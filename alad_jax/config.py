@@ -120,6 +120,15 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class AlignmentSettings:
+    """How teacher and student states are paired in stages 1-2 and the cosine."""
+
+    # token: position by position (the teacher's tokenizer must cut every sentence into the student's word
+    # pieces; its ids and special tokens may differ); word: per word, the mean over each side's sub-words.
+    level: str = "token"
+
+
+@dataclasses.dataclass
 class MeshSettings:
     """Device mesh: sizes of the data-parallel and FSDP axes (-1 = all devices)."""
 
@@ -154,6 +163,7 @@ class Config:
     stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     mesh: MeshSettings = dataclasses.field(default_factory=MeshSettings)
+    alignment: AlignmentSettings = dataclasses.field(default_factory=AlignmentSettings)
 
     def validate(self) -> "Config":
         if self.task not in ("pos", "ner", "qa"):
@@ -165,6 +175,8 @@ class Config:
                 raise AladError(f"config key 'windows' holds {k}; window sizes must be odd and positive (1, 3, 5, ...)")
         if len(set(self.windows)) != len(self.windows):
             raise AladError(f"config key 'windows' repeats a size: {self.windows}")
+        if self.alignment.level not in ("token", "word"):
+            raise AladError(f"config key 'alignment.level' is {self.alignment.level!r}; use token or word")
         if self.student_layers < 0:
             raise AladError(f"config key 'student_layers' is {self.student_layers}; use 0 (keep all) or a positive count")
         for name, stage in dataclasses.asdict(self.stages).items():

@@ -106,8 +106,8 @@ MUTATIONS = (
     ),
     Mutation(
         "cache-ignores-token-types", "the feature cache encodes QA rows as one segment (all token types 0)",
-        (("alad_jax/cache.py", "                segments = pad_rows([token_types[i] if token_types is not None else () for i in idx],",
-          "                segments = pad_rows([() for i in idx],"),),
+        (("alad_jax/cache.py", "        segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,",
+          "        segments = pad_rows([() for i in idx], width_t,"),),
         ("tests/test_cache.py::test_cached_states_see_each_rows_segment_ids",),
     ),
     Mutation(

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alad_jax.adapter import token_cosine_sum
 from alad_jax.cache import HiddenCache
 from alad_jax.data import batching
 from alad_jax.models import task_model
 from alad_jax.models.task_model import TaskModel
+from alad_train import models
 
 
 def latency_batch(batch: dict, shape: tuple[int, int], *, qa: bool) -> dict:
@@ -24,8 +24,8 @@ def latency_batch(batch: dict, shape: tuple[int, int], *, qa: bool) -> dict:
     return out
 
 
-def interleaved_latency(models: dict[str, TaskModel], batch: dict, *, runs: int, qa: bool) -> dict:
-    """p50 / p95 ms of one jitted forward of each model on ``batch``.
+def interleaved_latency(models: dict[str, TaskModel], batches: dict[str, dict], *, runs: int, qa: bool) -> dict:
+    """p50 / p95 ms of one jitted forward of each model on its batch (``batches[name]``, all of one shape).
 
     After a warm-up call each, the models take turns ``runs`` times, so a slow
     minute on a shared machine hits every row alike.
@@ -34,28 +34,30 @@ def interleaved_latency(models: dict[str, TaskModel], batch: dict, *, runs: int,
     split = {}
     for name, model in models.items():
         split[name] = nnx.split(model)
-        jax.block_until_ready(predict(*split[name], batch))
+        jax.block_until_ready(predict(*split[name], batches[name]))
     times = {name: [] for name in models}
     for _ in range(runs):
         for name in models:
             start = time.perf_counter()
-            jax.block_until_ready(predict(*split[name], batch))
+            jax.block_until_ready(predict(*split[name], batches[name]))
             times[name].append((time.perf_counter() - start) * 1000)
     return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
             "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
-            "runs": runs, "batch": list(batch["input_ids"].shape)}
+            "runs": runs, "batch": list(next(iter(batches.values()))["input_ids"].shape)}
 
 
-def token_cosine_to_teacher(model: TaskModel, batches: list[dict], cache: HiddenCache, prepare=None) -> float:
-    """Mean token cosine between ``model``'s AlAd output and the cached teacher states over ``batches``.
+def token_cosine_to_teacher(model: TaskModel, batches: list[dict], cache: HiddenCache, prepare=None,
+                            with_words=None) -> float:
+    """Mean cosine between ``model``'s AlAd output and the cached teacher states over ``batches``.
 
-    ``prepare(batch)`` may add a frozen student's cached output (then only AlAd runs).
+    ``prepare(batch)`` may add a frozen student's cached output (then only AlAd runs); ``with_words(batch)``
+    adds word ids when the teacher tokenizes differently (then the cosine is per word).
     """
     graphdef, state = nnx.split(model)
     total = count = 0.0
     for batch in batches:
         pred = task_model.hidden_states(graphdef, state, prepare(batch) if prepare else batch)
         target = cache.gather(batch)["teacher_hidden"].astype(np.float32)
-        s, n = token_cosine_sum(pred, target, batch["attention_mask"])
+        _, s, n = models.alignment_sums(pred, target, with_words(batch) if with_words else batch)
         total, count = total + float(s), count + float(n)
     return round(total / max(count, 1), 4)

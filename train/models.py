@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum
+from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum, word_align_mse, word_cosine_sum
 from alad_jax.models.task_model import TaskModel
 
 IGNORE_INDEX = -100
@@ -35,8 +35,45 @@ class AlignModel(nnx.Module):
         """(AlAd(student), teacher) hidden states, both [batch, seq, Dt]."""
         args = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         student = jax.lax.stop_gradient(self.student(*args).last_hidden_state)
+        if "teacher_input_ids" in batch:  # a teacher with its own tokenizer (alad_jax.data.teacher_inputs)
+            args = (batch["teacher_input_ids"], batch.get("teacher_attention_mask", batch["attention_mask"]), None)
         teacher = jax.lax.stop_gradient(self.teacher(*args).last_hidden_state)
         return self.adapter(student, batch["attention_mask"]), teacher
+
+
+def _word_args(pred: jax.Array, target: jax.Array, batch: dict) -> tuple | None:
+    """Word level (the batch carries word ids): the arguments of the word losses; token level: None.
+
+    ``target`` is the teacher on its own tokens (``teacher_word_ids``) or, from
+    the cache, word means at the student's tokens (``target_word_ids``).
+    """
+    if "word_ids" not in batch:
+        return None
+    target_ids = batch["teacher_word_ids"] if "teacher_word_ids" in batch else batch["target_word_ids"]
+    return pred, target, batch["word_ids"], target_ids, pred.shape[1]
+
+
+def alignment_objective(pred: jax.Array, target: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+    """Alignment MSE (per token, or per word at word level) and the mean cosine."""
+    words = _word_args(pred, target, batch)
+    if words is None:
+        mask = batch["attention_mask"]
+        total, count = token_cosine_sum(pred, target, mask)
+        return align_mse(pred, target, mask), {"cosine": total / jnp.maximum(count, 1)}
+    total, count = word_cosine_sum(*words)
+    return word_align_mse(*words), {"cosine": total / jnp.maximum(count, 1)}
+
+
+def alignment_sums(pred: jax.Array, target: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(squared-distance sum, cosine sum, count) over tokens, or over words at word level."""
+    words = _word_args(pred, target, batch)
+    if words is None:
+        mask = batch["attention_mask"]
+        sq = (((pred - target) ** 2).sum(-1) * mask).sum()
+        cos, count = token_cosine_sum(pred, target, mask)
+        return sq, cos, count
+    cos, count = word_cosine_sum(*words)
+    return word_align_mse(*words) * jnp.maximum(count, 1.0), cos, count
 
 
 def tagging_loss(model: TaskModel, batch: dict, key: jax.Array):
@@ -66,8 +103,7 @@ def align_loss(model: AlignModel, batch: dict, key: jax.Array):
     """Alignment MSE (reference scale: per-token squared distance) from raw tokens."""
     del key
     pred, target = model(batch)
-    total, count = token_cosine_sum(pred, target, batch["attention_mask"])
-    return align_mse(pred, target, batch["attention_mask"]), {"cosine": total / jnp.maximum(count, 1)}
+    return alignment_objective(pred, target, batch)
 
 
 def cached_align_loss(adapter: AlignmentAdapter, batch: dict, key: jax.Array):
@@ -76,8 +112,7 @@ def cached_align_loss(adapter: AlignmentAdapter, batch: dict, key: jax.Array):
     mask = batch["attention_mask"]
     pred = adapter(batch["student_hidden"].astype(jnp.float32), mask)
     target = batch["teacher_hidden"].astype(jnp.float32)
-    total, count = token_cosine_sum(pred, target, mask)
-    return align_mse(pred, target, mask), {"cosine": total / jnp.maximum(count, 1)}
+    return alignment_objective(pred, target, batch)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -90,6 +125,4 @@ def align_eval(graphdef, state, batch):
     else:
         pred = model(batch["student_hidden"].astype(jnp.float32), mask)
         target = batch["teacher_hidden"].astype(jnp.float32)
-    sq = (((pred - target) ** 2).sum(-1) * mask).sum()
-    cos, count = token_cosine_sum(pred, target, mask)
-    return sq, cos, count
+    return alignment_sums(pred, target, batch)

@@ -26,7 +26,7 @@ from alad_jax import distributed, sharding
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config
-from alad_jax.data import batching, sources, splits, tagging
+from alad_jax.data import batching, sources, splits, tagging, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.inference.saved_model import load_aligned_model, load_info, save_aligned_model
 from alad_jax.models import compress, hub
@@ -104,12 +104,7 @@ class Pipeline:
         tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)
         self.student_dir = self._make_student()
         student_tok = hub.load_tokenizer(self.student_dir, cache_dir=cache_dir)
-        if student_tok.get_vocab() != tokenizer.get_vocab():
-            raise AladError(
-                f"student {cfg.student} and teacher {cfg.teacher} tokenize differently; AlAd aligns token by token, "
-                f"so pick a student that shares the teacher's vocabulary"
-            )
-        self.task = (tasks.QATask if cfg.task == "qa" else tasks.TaggingTask).load(cfg, tokenizer)
+        self._plan_teacher_inputs(tokenizer, student_tok)
         self.teacher = teacher = cases.teacher_case(cfg.teacher_finetuned)
         rows = {teacher.row_name(): self.stage(teacher.row_name(), lambda: self._teacher(teacher))}
         for case in cases.BASELINES:
@@ -145,13 +140,40 @@ class Pipeline:
                 compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
         return str(out)
 
+    # -- a teacher with its own tokenizer (alad_jax.data.teacher_inputs) ---------------------------
+    def _plan_teacher_inputs(self, tokenizer, student_tok) -> None:
+        """``self.task`` (the student's rows), ``self.teacher_task`` (the teacher's) and how the teacher reads
+        the student's rows; a tokenizer pair that cannot align at ``alignment.level`` is refused."""
+        cfg = self.cfg
+        task_cls = tasks.QATask if cfg.task == "qa" else tasks.TaggingTask
+        same = teacher_inputs.same_vocabulary(tokenizer, student_tok)
+        if cfg.task == "qa" and (not same or cfg.alignment.level != "token"):
+            raise AladError(f"task qa needs a student that shares the teacher's tokenizer and alignment.level = "
+                            f"\"token\"; {cfg.student} and {cfg.teacher} tokenize differently or level is word")
+        self.task = task_cls.load(cfg, tokenizer if same else student_tok)
+        self.teacher_task = self.task if same else task_cls.load(cfg, tokenizer)
+        sentences = [] if same else [s.words for split in self.task.sentences.values() for s in split]
+        if not same and any(stage not in self.progress for stage in (f"align_w{k}" for k in cfg.windows)):
+            sentences += [s.words for s in sources.read_corpus(cfg.corpus)]
+        self.teacher_inputs = teacher_inputs.plan_teacher_inputs(
+            tokenizer, student_tok, sentences, level=cfg.alignment.level, names=(cfg.teacher, cfg.student),
+            max_length=min(4 * cfg.max_length, 512))
+        self._teacher_rows: dict[str, teacher_inputs.TeacherRows] = {}
+
+    def teacher_rows(self, split: str) -> teacher_inputs.TeacherRows:
+        """The teacher's side of a task split's rows."""
+        if split not in self._teacher_rows:
+            sentences = self.task.sentences[split] if self.teacher_inputs.level == "word" else None
+            self._teacher_rows[split] = self.teacher_inputs.rows(self.task.text_rows(split), sentences)
+        return self._teacher_rows[split]
+
     def _teacher(self, case: Case) -> dict:
         cfg = self.cfg
         encoder, _ = hub.load_encoder(cfg.teacher, cache_dir=cfg.cache_dir or None)
         head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, case.row_name() + "_head"))
         model = TaskModel(encoder, head, train_encoder=case.trains_encoder)
-        row, best = self._train_and_score(case.row_name(), model, case)
-        self._save_model(case.row_name(), best, case, row, model_name=cfg.teacher)
+        row, best = self._train_and_score(case.row_name(), model, case, task=self.teacher_task)
+        self._save_model(case.row_name(), best, case, row, model_name=cfg.teacher, task=self.teacher_task)
         return row
 
     def _task_case(self, name: str, case: Case, window: int | None = None) -> dict:
@@ -173,11 +195,11 @@ class Pipeline:
         return row
 
     def _save_model(self, name: str, best: TaskModel, case: Case, row: dict, *, model_name: str,
-                    adapter_file: Path | None = None) -> None:
+                    adapter_file: Path | None = None, task=None) -> None:
         """A row's best model as a saved aligned model (``models/<row>``), and its AlAd as ``adapter_file``:
         what later stages, the latency stage and ``alad predict`` read. Process 0 writes, the others
         wait at a barrier (several processes gather the model to each host first)."""
-        cfg = self.cfg
+        cfg, task = self.cfg, task or self.task
         best = distributed.host_copy(best)
         with distributed.primary_writes(name) as writer:
             if not writer:
@@ -186,8 +208,8 @@ class Pipeline:
                 export_reference(best.adapter, adapter_file)
             save_aligned_model(
                 self.workdir / "models" / name, encoder=best.encoder, adapter=best.adapter, head=best.head,
-                labels=self.task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
-                max_length=cfg.max_length, tokenizer=self.task.tokenizer, stride=cfg.stride,
+                labels=task.vocab.labels if cfg.task != "qa" else (), task=cfg.task,
+                max_length=cfg.max_length, tokenizer=task.tokenizer, stride=cfg.stride,
                 meta={"teacher": cfg.teacher, "student": cfg.student, "student_layers": cfg.student_layers,
                       "encoder": model_name, "case": case.name, "dev": row["dev"], "test": row["test"],
                       "null_threshold": row["test_metrics"].get("null_threshold"),
@@ -205,7 +227,8 @@ class Pipeline:
             features = self.task.text_rows(split)
             self._task_caches[split] = HiddenCache.build(
                 self.workdir / "cache", tasks.rows_of(features), self.load_student(), teacher,
-                token_types=features.token_type_ids, buckets=batching.length_buckets(self.cfg.max_length))
+                token_types=features.token_type_ids, buckets=batching.length_buckets(self.cfg.max_length),
+                **self.teacher_rows(split).cache_kwargs())
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -213,7 +236,7 @@ class Pipeline:
         cache = self.task_cache(split)
         return lambda batch: {**batch, "encoder_hidden": cache.gather(batch)["student_hidden"]}
 
-    def _train_and_score(self, name: str, model: TaskModel, case: Case) -> tuple[dict, TaskModel]:
+    def _train_and_score(self, name: str, model: TaskModel, case: Case, task=None) -> tuple[dict, TaskModel]:
         """Train ``case``'s parameters of ``model``; its row (dev/test, params, latency, cosine) and best model.
 
         Cases with a frozen student train and select on its cached output (a frozen
@@ -221,7 +244,7 @@ class Pipeline:
         come from the full model.
         """
         stage_cfg = getattr(self.cfg.stages, case.stage)
-        task = self.task
+        task = task or self.task
         cached = self.cfg.cache_features and case.frozen_student
         train_prepare = self._encoder_hidden("train") if cached else None
         dev_prepare = self._encoder_hidden("dev") if cached else None
@@ -251,14 +274,18 @@ class Pipeline:
 
     # -- alignment stages 1 and 2 ----------------------------------------------------------------
     def _alignment_rows(self, stage: str):
+        """(train, validation) student rows and the teacher's side of each."""
         cfg = self.cfg
         if stage == "continual":
-            return self.task.text_rows("train"), self.task.text_rows("dev")
+            return (self.task.text_rows("train"), self.task.text_rows("dev"),
+                    self.teacher_rows("train"), self.teacher_rows("dev"))
         val, rest = splits.hash_holdout(sources.read_corpus(cfg.corpus), cfg.corpus.val_sentences)
         train = splits.subsample(rest, cfg.corpus.max_sentences or None, seed=cfg.seed)
         encode = lambda s: tagging.encode_tagging(s, self.task.tokenizer, None, max_length=cfg.max_length,
                                                   stride=cfg.stride)
-        return encode(train), encode(val)
+        train_rows, val_rows = encode(train), encode(val)
+        return (train_rows, val_rows, self.teacher_inputs.rows(train_rows, train),
+                self.teacher_inputs.rows(val_rows, val))
 
     def _align(self, window: int, stage: str) -> dict:
         cfg = self.cfg
@@ -270,22 +297,24 @@ class Pipeline:
                                        cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
         else:
             adapter = import_reference(self.adapter_path(window, "align"), impl=cfg.adapter_impl)
-        train_rows, val_rows = self._alignment_rows(stage)
+        train_rows, val_rows, train_teacher, val_teacher = self._alignment_rows(stage)
         stage_cfg = getattr(cfg.stages, stage)
         val_batches = tasks.alignment_eval_batches(val_rows, cfg)
         if cfg.cache_features and stage == "continual":
             train_cache, val_cache = self.task_cache("train"), self.task_cache("dev")
         elif cfg.cache_features:
             cache_dir, buckets = self.workdir / "cache", batching.length_buckets(cfg.max_length)
-            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets)
-            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets)
+            train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets,
+                                            **train_teacher.cache_kwargs())
+            val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets,
+                                          **val_teacher.cache_kwargs())
         if cfg.cache_features:
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
-            prepare, val_prepare = train_cache.gather, val_cache.gather
+            prepare, val_prepare = _then(train_teacher, train_cache.gather), _then(val_teacher, val_cache.gather)
         else:
             objective = Objective(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
                                   models.align_loss)
-            prepare = val_prepare = None
+            prepare, val_prepare = _then(train_teacher), _then(val_teacher)
 
         def evaluate(model):
             graphdef, state = nnx.split(model)
@@ -314,12 +343,18 @@ class Pipeline:
 
     # -- measurements ----------------------------------------------------------------------------
     def _latencies(self, names: list[str]) -> dict:
-        """p50 / p95 ms of one jitted forward per row's saved model, timed interleaved (:mod:`.measure`)."""
-        batch = measure.latency_batch(tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg)[0],
-                                      (self.cfg.eval_batch_size, self.cfg.max_length), qa=self.cfg.task == "qa")
-        row_models = {name: load_aligned_model(self.workdir / "models" / name, impl=self.cfg.adapter_impl).model
+        """p50 / p95 ms of one jitted forward per row's saved model, timed interleaved (:mod:`.measure`).
+
+        The teacher reads its own tokenization of the same test rows."""
+        cfg, qa = self.cfg, self.cfg.task == "qa"
+        shape = (cfg.eval_batch_size, cfg.max_length)
+        first = {task_name: measure.latency_batch(tasks.alignment_eval_batches(task.text_rows("test"), cfg)[0],
+                                                  shape, qa=qa)
+                 for task_name, task in (("student", self.task), ("teacher", self.teacher_task))}
+        batches = {name: first["teacher" if name == self.teacher.row_name() else "student"] for name in names}
+        row_models = {name: load_aligned_model(self.workdir / "models" / name, impl=cfg.adapter_impl).model
                       for name in names}
-        return measure.interleaved_latency(row_models, batch, runs=self.cfg.latency_batches, qa=self.cfg.task == "qa")
+        return measure.interleaved_latency(row_models, batches, runs=cfg.latency_batches, qa=qa)
 
     def _cosine(self, model: TaskModel, prepare=None) -> float:
         """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test.
@@ -328,7 +363,9 @@ class Pipeline:
         """
         cache = self.task_cache("test")
         batches = tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg)
-        return measure.token_cosine_to_teacher(model, batches, cache, prepare)
+        # At word level: per word (the cache holds the teacher's word means at the student's tokens).
+        words = lambda batch: self.teacher_rows("test").add_to_batch(batch, teacher_ids=False)
+        return measure.token_cosine_to_teacher(model, batches, cache, prepare, with_words=words)
 
     def _results(self, rows: dict, alignment: dict, seconds: float) -> dict:
         cfg = self.cfg
@@ -362,6 +399,17 @@ def _stopping(result) -> dict:
     """How a stage ended: epochs run, the best (restored) epoch, why it stopped, and every evaluation."""
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "history": result.history}
+
+
+def _then(teacher_rows: teacher_inputs.TeacherRows, gather=None):
+    """A ``prepare`` adding the teacher's side of each batch: its ids (no cache) or word ids, then ``gather``.
+
+    None when there is nothing to add (one tokenizer, no cache)."""
+    if teacher_rows.level == "same":
+        return gather
+    if gather is None:
+        return teacher_rows.add_to_batch
+    return lambda batch: gather(teacher_rows.add_to_batch(batch, teacher_ids=False))
 
 
 def _without_history(row: dict) -> dict:

@@ -9,7 +9,9 @@
 - :mod:`~alad_jax.data.tagging`: tags -> sub-word labels, windows, stitching;
 - :mod:`~alad_jax.data.batching`: bucketed, jit-friendly, multi-host batches;
 - :mod:`~alad_jax.data.wordpieces`: do teacher and student cut sentences into
-  the same word pieces, and per-token word ids for word-level alignment.
+  the same word pieces, and per-token word ids for word-level alignment;
+- :mod:`~alad_jax.data.teacher_inputs`: what a teacher with its own tokenizer
+  reads for each student row (its ids, or its own words' pieces).
 """
 
 from alad_jax.data.batching import (
@@ -35,6 +37,7 @@ from alad_jax.data.readers import (
 from alad_jax.data.sources import FORMATS, read_dataset, resolve_source
 from alad_jax.data.splits import split_by_hash, subsample
 from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
+from alad_jax.data.teacher_inputs import TeacherInputs, TeacherRows, plan_teacher_inputs
 from alad_jax.data.wordpieces import same_wordpieces, word_ids_array
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "LabelVocab",
     "QAExample",
     "TaggedSentence",
+    "TeacherInputs",
+    "TeacherRows",
     "TaggingFeatures",
     "batch_shapes",
     "bucket_length",
@@ -56,6 +61,7 @@ __all__ = [
     "make_batches",
     "pad_rows",
     "packaged_path",
+    "plan_teacher_inputs",
     "read_conll",
     "read_conllu",
     "read_dataset",

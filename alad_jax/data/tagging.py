@@ -94,6 +94,8 @@ class TaggingFeatures:
     - ``sentence_index``: int32 ``[num_windows]``; the sentence of each row
     - ``token_type_ids``: optional int32 ``[len_i]`` segment ids (QA rows carry
       question 0 / context 1); ``None`` means a single segment
+    - ``token_words``: optional int32 ``[len_i]``; the sentence word of every
+      sub-word (owned or not), -1 at special tokens (word-level alignment)
 
     ``num_truncated_words`` counts words left without an owned first sub-word
     (0 by construction: windows cover every position). ``num_empty_words``
@@ -110,6 +112,7 @@ class TaggingFeatures:
     num_truncated_words: int
     num_empty_words: int = 0
     token_type_ids: list[np.ndarray] | None = None  # int32 [len_i] per row; None = one segment (all zeros)
+    token_words: list[np.ndarray] | None = None  # int32 [len_i] per row: every sub-word's word, -1 at specials
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -184,7 +187,7 @@ def encode_tagging(
         if not sentence.words:
             raise AladError(f"{sentence.source or 'sentence'}: has no words; drop empty sentences before encoding")
     ids, word_ids, num_empty = _encode_words(sentences, tokenizer)
-    out_ids, out_labels, out_words, out_sentence = [], [], [], []
+    out_ids, out_labels, out_words, out_sentence, out_token_words = [], [], [], [], []
     owned_words = 0
     for s, sentence in enumerate(sentences):
         if vocab is not None and sentence.tags is None:
@@ -226,6 +229,7 @@ def encode_tagging(
             out_words.append(np.concatenate([no_word_p, index, no_word_s]).astype(np.int32))
             out_labels.append(np.concatenate([ignore_p, labels, ignore_s]).astype(np.int32))
             out_sentence.append(s)
+            out_token_words.append(np.concatenate([no_word_p, words_here, no_word_s]).astype(np.int32))
             owned_words += int((index >= 0).sum())
     total_words = sum(len(s.words) for s in sentences)
     features = TaggingFeatures(
@@ -236,6 +240,7 @@ def encode_tagging(
         num_sentences=len(sentences),
         num_truncated_words=total_words - owned_words,
         num_empty_words=num_empty,
+        token_words=out_token_words,
     )
     long_sentences = len(out_ids) - len(sentences)
     logger.info(
