@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import sys
 import threading
 import time
@@ -56,10 +55,6 @@ RESUME_HINT = "run the same commands again to resume from the last checkpoints"
 
 _barriers = itertools.count()
 _watchdog: "Watchdog | None" = None
-
-
-def process_count() -> int:
-    return jax.process_count()
 
 
 def _client():
@@ -336,9 +331,3 @@ _PEER_GONE = ("connection closed by peer", "connection reset", "gloo", "nccl", "
 def _broken_by_peer(error: BaseException) -> bool:
     text = f"{type(error).__module__} {error}".lower()
     return "jaxlib" in text or any(marker in text for marker in _PEER_GONE)
-
-
-def describe() -> dict[str, Any]:
-    """Process and device counts, for results.json."""
-    return {"process_count": jax.process_count(), "device_count": jax.device_count(),
-            "local_device_count": jax.local_device_count()}
