@@ -37,7 +37,7 @@ import time
 import traceback
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
