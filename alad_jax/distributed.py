@@ -18,6 +18,9 @@ module holds what a multi-process *run* adds on top:
   failure, every other process prints one line naming it and exits within
   :data:`DEAD_AFTER_S` seconds, before JAX's own coordination service would
   end them with a C++ check-failure trace.
+- :func:`supervise`: in a multi-process launch ``alad run`` works in a child
+  process; when JAX aborts that child with a C++ trace (the coordinator, i.e.
+  process 0, is gone), the parent prints one line naming process 0 last.
 - :func:`fail`: the one exit path of a failing process in a multi-process
   run: it tells its peers why, prints one line and leaves at once (the normal
   interpreter exit would wait on a shutdown barrier that dead peers never
