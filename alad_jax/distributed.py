@@ -18,6 +18,9 @@ the checkpoints; this module holds what a multi-process *run* adds on top:
   failure, every other process prints one line naming it and exits within
   :data:`DEAD_AFTER_S` seconds, before JAX's own coordination service would
   end them with a C++ check-failure trace.
+- :func:`supervise`: in a multi-process launch ``alad run`` works in a child
+  process; when JAX aborts that child with a C++ trace (the coordinator, i.e.
+  process 0, is gone), the parent prints one line naming process 0 last.
 - :func:`fail`: the one exit path of a failing process in a multi-process
   run: it tells its peers why, prints one line and leaves at once (the normal
   interpreter exit would wait on a shutdown barrier that dead peers never
@@ -37,7 +40,7 @@ import time
 import traceback
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -150,9 +153,6 @@ def throughput_metrics(num_tokens: int, seconds: float) -> dict[str, float]:
     rate = num_tokens / seconds
     return {"tokens_per_s": rate, "tokens_per_s_per_device": rate / jax.device_count()}
 
-
-def process_count() -> int:
-    return jax.process_count()
 
 
 def _client():
@@ -429,9 +429,3 @@ _PEER_GONE = ("connection closed by peer", "connection reset", "gloo", "nccl", "
 def _broken_by_peer(error: BaseException) -> bool:
     text = f"{type(error).__module__} {error}".lower()
     return "jaxlib" in text or any(marker in text for marker in _PEER_GONE)
-
-
-def describe() -> dict[str, Any]:
-    """Process and device counts, for results.json."""
-    return {"process_count": jax.process_count(), "device_count": jax.device_count(),
-            "local_device_count": jax.local_device_count()}
