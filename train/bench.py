@@ -52,7 +52,7 @@ from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models import compress, hub
 from alad_jax.models.task_model import TaskModel
 from alad_jax.models.heads import TaggingHead
-from alad_train import cases, models, tasks
+from alad_train import bench_steps, cases, models, tasks
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of
 
@@ -75,10 +75,11 @@ class Effort:
     mfu_reps: int
     max_rows: int  # stage-2 rows (0 = all the embedded default's train rows)
     torch_batches: int  # alignment batches timed for the PyTorch recipe (0 = the whole epoch)
+    step_reps: int = 2  # interleaved reps of each side-by-side train step (bench_steps)
 
 
 FULL = Effort(matmul_sizes=(512, 1024, 2048), matmul_reps=7, latency_reps={1: 40, 32: 12}, mfu_reps=10, max_rows=0,
-              torch_batches=0)
+              torch_batches=0, step_reps=10)
 QUICK = Effort(matmul_sizes=(256,), matmul_reps=2, latency_reps={1: 3, 32: 3}, mfu_reps=2, max_rows=48, torch_batches=2)
 
 
@@ -325,6 +326,12 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         step = _adapter_step(cfg, student.config.hidden_size, teacher.config.hidden_size, effort)
         peak_after = _peak_gflops(effort)
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        torch_builders = None
+        if vs_torch:
+            torch_builders = (bench_torch.finetune_steps(cfg, teacher_dir, student_dir, num_labels),
+                              bench_torch.alignment_steps(cfg, teacher_dir, student_dir))
+        steps = bench_steps.run(cfg, teacher, student, num_labels, effort.step_reps, max(peak_before, peak_after),
+                                torch_builders)
         torch_result = (bench_torch.torch_recipe(cfg, teacher_dir, student_dir, batches, num_labels, effort)
                         if vs_torch else None)
 
@@ -374,6 +381,7 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         # The whole cached epoch (gather from the memory-mapped cache and padding rows included).
         "stage2_cached_epoch_mfu": stage2["padded_tokens"] * f_train / stage2["cached_epoch_s"] / 1e9 / peak,
         "peak_rss_mb": peak_rss_mb,
+        **steps,
         "analytic": analytic,
         "targets": {
             "meaning": "aspirations this project set for its speed, not checks: false = not reached on this "
