@@ -17,12 +17,19 @@ Every figure is measured in this process, on this machine, in this run:
   cached_epoch)``, extrapolated from one timed epoch of each;
 - ``adapter_step_mfu``: exact matmul FLOPs of the cached AlAd train step on a
   full 32 x 128 batch / its median time / the matmul peak;
-- ``peak_rss_mb``: the process's peak resident memory.
+- ``peak_rss_mb``: the process's peak resident memory;
+- ``finetune_tokens_per_s`` / ``finetune_mfu``: full train steps (forward
+  with dropout, cross-entropy, backward, clip, AdamW) of the teacher,
+  ``student_ft`` and ``joint`` cases on dense ``finetune_batch`` (32 x 64)
+  batches, through the runs' own train state (:mod:`alad_train.bench_steps`).
 
 Compilation is excluded from every timing (steps are compiled ahead of time
 per batch shape). ``--vs-torch`` also times the authors' PyTorch recipe
 (transformers ``BertModel`` teacher and student, ``nn.Linear`` adapter,
-AdamW, no cache) on the same batches and reports ours / theirs.
+AdamW, no cache) on the same batches and reports ours / theirs, and runs
+every train step above (fine-tune, uncached alignment and cached AlAd on dense
+batches) side by side with its PyTorch twin, alternating rep by rep:
+``ratios_vs_torch`` holds all five ratios (ours / theirs tokens/s).
 """
 
 from __future__ import annotations
