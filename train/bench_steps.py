@@ -20,6 +20,7 @@ interleaved run.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -106,8 +107,8 @@ def interleaved_medians(sides: dict[str, dict], reps: int) -> dict:
         for name in next(iter(sides.values())):
             for side, steps in sides.items():
                 start = time.perf_counter()
-                steps[name]()
-                times[side][name].append(time.perf_counter() - start)
+                seconds = steps[name]()  # a step timed in another process returns its own seconds
+                times[side][name].append(seconds if seconds is not None else time.perf_counter() - start)
     return times
 
 
@@ -154,11 +155,11 @@ def alignment_hidden(rows: int, length: int, ds: int, dt: int, seed: int = 0) ->
             "teacher_hidden": rng.normal(size=(rows, length, dt)).astype(jnp.bfloat16)}
 
 
-def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, torch_builders=None) -> dict:
+def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, torch_worker=None) -> dict:
     """The section's JSON: fine-tune tokens/s and MFU per case; with ``torch_builders`` every step vs PyTorch.
 
-    ``torch_builders = (finetune, alignment)`` from :mod:`alad_train.bench_torch`
-    (``finetune(batch)`` / ``alignment(batch, hidden)`` -> {name: blocking step});
+    ``torch_worker(batch, align_batch, hidden)`` starts the PyTorch twin of every step in a
+    process of its own (:class:`alad_train.bench_torch.TorchWorker`, ``step(name)`` -> seconds);
     ``peak`` is the matmul peak (GFLOP/s) MFU divides by.
     """
     rows, length = FINETUNE_BATCH
@@ -166,18 +167,20 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
     batch = dense_batch(rows, length, vocab, num_labels, cfg.seed)
     tokens = {name: rows * length for name in (c.name for c in FINETUNE_CASES)}
     sides = {"alad_jax": jax_steps(cfg, teacher, student, batch, num_labels)}
-    if torch_builders is not None:
-        finetune_torch, alignment_torch = torch_builders
+    worker = None
+    if torch_worker is not None:
         align_batch = dense_batch(*ALIGN_BATCH, vocab, num_labels, cfg.seed + 1)
         del align_batch["labels"]
         hidden = alignment_hidden(*ALIGN_BATCH, ds, dt, cfg.seed)
         sides["alad_jax"].update(jax_alignment_steps(cfg, teacher, student, align_batch, hidden))
-        sides["torch"] = {**finetune_torch(batch), **alignment_torch(align_batch, hidden)}
-        for step in sides["torch"].values():
-            step()  # warm-up: allocator and oneDNN primitive creation, like our compilation
-            step()
+        worker = torch_worker(batch, align_batch, hidden)  # builds and warms its steps up
+        sides["torch"] = {name: functools.partial(worker.step, name) for name in sides["alad_jax"]}
         tokens.update({name: ALIGN_BATCH[0] * ALIGN_BATCH[1] for name in ("align_uncached", "adapter_cached")})
-    times = interleaved_medians(sides, reps)
+    try:
+        times = interleaved_medians(sides, reps)
+    finally:
+        if worker is not None:
+            worker.close()
     ours = {name: summary(t, tokens[name]) for name, t in times["alad_jax"].items()}
 
     from alad_train.bench import adapter_flops_per_token, encoder_flops_per_token
@@ -202,7 +205,7 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
                              "AdamW update; dense batches, so tokens are padded positions (all real); MFU counts "
                              "3 x forward matmul FLOPs"},
     }
-    if torch_builders is not None:
+    if worker is not None:
         theirs = {name: summary(t, tokens[name]) for name, t in times["torch"].items()}
         # Each rep ran the two sides' steps back to back: the per-rep ratio and its spread.
         per_rep = {name: sorted(b / a for a, b in zip(times["alad_jax"][name], times["torch"][name]))
@@ -216,8 +219,11 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
                              for name in ours},
             "ratio_per_rep": {name: {"median": statistics.median(r), "min": r[0], "max": r[-1]}
                               for name, r in per_rep.items()},
-            "note": "steps of both sides alternate rep by rep on identical dense batches; ratio = ours / theirs "
-                    "tokens/s (above 1: we are faster)",
+            "torch": worker.version,
+            "torch_threads": worker.threads,
+            "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
+                    "of its own (in the JAX process it ran up to 2-3x slower); ratio = ours / theirs tokens/s "
+                    "(above 1: we are faster)",
         }
         out["ratios_vs_torch"] = {name: ours[name]["tokens_per_s"] / theirs[name]["tokens_per_s"] for name in ours}
     return out
