@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dense-reps", type=int, default=5)
+    parser.add_argument("--dense-batches", type=int, default=2)
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--dense-only", action="store_true", help="skip the stage-2 batches")
     parser.add_argument("--variants", default="torch_old,torch_fused,torch_fast,torch_eager")
     args = parser.parse_args()
 
@@ -89,7 +91,7 @@ def main() -> None:
     stage2 = tasks.alignment_batches(task.text_rows("train"), cfg, cfg.stages.continual, epoch=0)[: args.batches]
     rng = np.random.default_rng(0)
     dense = [{"input_ids": rng.integers(1000, teacher.config.vocab_size, (32, 128)).astype(np.int32),
-              "attention_mask": np.ones((32, 128), np.int32)} for _ in range(2)]
+              "attention_mask": np.ones((32, 128), np.int32)} for _ in range(args.dense_batches)]
 
     options = {
         "torch_old": dict(pooler=True, fused=False, inference=False, attn="sdpa"),
@@ -119,7 +121,8 @@ def main() -> None:
         steps = {"jax": jax_step, **steps}
 
     report = {"variants": list(steps), "no_jax_in_process": args.no_jax}
-    for kind, batches, reps in (("stage2", stage2, args.reps), ("dense_32x128", dense, args.dense_reps)):
+    kinds = [("stage2", stage2, args.reps), ("dense_32x128", dense, args.dense_reps)]
+    for kind, batches, reps in kinds[1:] if args.dense_only else kinds:
         for batch in batches:  # warm-up: one step per shape per variant (compilation for jax)
             for step in steps.values():
                 step(batch)
