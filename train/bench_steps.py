@@ -21,6 +21,7 @@ interleaved run.
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 
@@ -176,6 +177,7 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
         worker = torch_worker(batch, align_batch, hidden)  # builds and warms its steps up
         sides["torch"] = {name: functools.partial(worker.step, name) for name in sides["alad_jax"]}
         tokens.update({name: ALIGN_BATCH[0] * ALIGN_BATCH[1] for name in ("align_uncached", "adapter_cached")})
+    load_before = os.getloadavg()[0]
     try:
         times = interleaved_medians(sides, reps)
     finally:
@@ -220,6 +222,9 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
             "ratio_per_rep": {name: {"median": statistics.median(r), "min": r[0], "max": r[-1]}
                               for name, r in per_rep.items()},
             "torch": worker.version,
+            # PyTorch's fork-join OpenMP threads stall when other processes take a core, XLA's task pool less:
+            # on a loaded machine the ratios move in our favour (2.3x where a quiet machine measured 0.66x).
+            "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
             "torch_threads": worker.threads,
             "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
                     "of its own (in the JAX process it ran up to 2-3x slower); ratio = ours / theirs tokens/s "
