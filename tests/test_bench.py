@@ -11,7 +11,7 @@ from flax import nnx
 
 from alad_train import cli
 from alad_jax.models import EncoderConfig, build_encoder, hub
-from alad_train import bench
+from alad_train import bench, bench_steps
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -87,6 +87,28 @@ def test_derived_figures_follow_from_the_timings(report):
     assert "aspirations" in report["targets"]["meaning"]
 
 
+def test_finetune_section_reports_every_case(report):
+    """Teacher, student_ft and joint full train steps on dense 32 x 64 batches: tokens/s and MFU."""
+    assert report["finetune_batch"] == [32, 64]
+    cases = {"teacher", "student_ft", "joint"}
+    assert set(report["finetune_tokens_per_s"]) == cases and set(report["finetune_mfu"]) == cases
+    for case in cases:
+        tokens_per_s, mfu = report["finetune_tokens_per_s"][case], report["finetune_mfu"][case]
+        assert tokens_per_s > 0 and 0 < mfu < 1
+        spread = report["finetune"]["tokens_per_s_spread"][case]
+        assert spread["min"] <= tokens_per_s <= spread["max"]
+        flops_per_s = tokens_per_s / (32 * 64) * report["finetune"]["gflop_per_step"][case]
+        assert mfu == pytest.approx(flops_per_s / report["finetune"]["matmul_peak_gflops"], rel=1e-3)
+    # The teacher (2 layers, width 32) costs more per token than the student (1 layer, width 16).
+    gflop = report["finetune"]["gflop_per_step"]
+    assert gflop["teacher"] > gflop["student_ft"] and gflop["joint"] > gflop["student_ft"]
+
+
+def test_finetune_flops_are_three_forwards():
+    assert bench_steps.finetune_flops_per_token(1000.0, 8, 5) == 3 * (1000 + 2 * 8 * 5)
+    assert bench_steps.finetune_flops_per_token(1000.0, 8, 5, 300.0) == 3 * (1300 + 2 * 8 * 5)
+
+
 def test_cached_and_uncached_epochs_agree_in_loss(report):
     """Same init, batches and order: the cache changes only bf16 rounding of the inputs."""
     assert report["stage2"]["loss_max_rel_diff_cached_vs_uncached"] < 3e-3
@@ -110,6 +132,20 @@ def test_vs_torch_reports_ratios_on_the_same_batches(report):
     for batch in ("b1", "b32"):
         entry = vs["latency_ms_alad_w3_p50"][batch]
         assert entry["torch"] > 0 and entry["ratio"] == pytest.approx(entry["alad_jax"] / entry["torch"], rel=1e-3)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_vs_torch_puts_every_step_ratio_in_one_place(report):
+    ratios = report["ratios_vs_torch"]
+    assert set(ratios) == {"align_uncached", "adapter_cached", "teacher", "student_ft", "joint"}
+    side = report["steps_vs_torch"]["tokens_per_s"]
+    for name, ratio in ratios.items():
+        assert side[name]["torch"] > 0
+        assert ratio == pytest.approx(side[name]["alad_jax"] / side[name]["torch"], rel=1e-3)
+        per_rep = report["steps_vs_torch"]["ratio_per_rep"][name]
+        assert 0 < per_rep["min"] <= per_rep["median"] <= per_rep["max"]
+    for case in ("teacher", "student_ft", "joint"):  # the same steps the fine-tune section reports
+        assert side[case]["alad_jax"] == pytest.approx(report["finetune_tokens_per_s"][case], rel=1e-3)
 
 
 def test_vs_torch_without_torch_says_how_to_install(monkeypatch, capsys):

@@ -22,11 +22,18 @@ Every figure is measured in this process, on this machine, in this run:
   ONNX (``alad export``'s converter) and run by onnxruntime on CPU, next to the
   same model's jitted forward, interleaved run by run (b1, b32, seq 128, p50/p95);
   absent, with a note, when the onnx extra is not installed.
+- ``finetune_tokens_per_s`` / ``finetune_mfu``: full train steps (forward
+  with dropout, cross-entropy, backward, clip, AdamW) of the teacher,
+  ``student_ft`` and ``joint`` cases on dense ``finetune_batch`` (32 x 64)
+  batches, through the runs' own train state (:mod:`alad_train.bench_steps`).
 
 Compilation is excluded from every timing (steps are compiled ahead of time
 per batch shape). ``--vs-torch`` also times the authors' PyTorch recipe
 (transformers ``BertModel`` teacher and student, ``nn.Linear`` adapter,
-AdamW, no cache) on the same batches and reports ours / theirs.
+AdamW, no cache) on the same batches and reports ours / theirs, and runs
+every train step above (fine-tune, uncached alignment and cached AlAd on dense
+batches) side by side with its PyTorch twin, alternating rep by rep:
+``ratios_vs_torch`` holds all five ratios (ours / theirs tokens/s).
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models import compress, hub
 from alad_jax.models.task_model import TaskModel
 from alad_jax.models.heads import TaggingHead
-from alad_train import cases, models, tasks
+from alad_train import bench_steps, cases, models, tasks
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of
 
@@ -79,10 +86,11 @@ class Effort:
     mfu_reps: int
     max_rows: int  # stage-2 rows (0 = all the embedded default's train rows)
     torch_batches: int  # alignment batches timed for the PyTorch recipe (0 = the whole epoch)
+    step_reps: int = 2  # interleaved reps of each side-by-side train step (bench_steps)
 
 
 FULL = Effort(matmul_sizes=(512, 1024, 2048), matmul_reps=7, latency_reps={1: 40, 32: 12}, mfu_reps=10, max_rows=0,
-              torch_batches=0)
+              torch_batches=0, step_reps=10)
 QUICK = Effort(matmul_sizes=(256,), matmul_reps=2, latency_reps={1: 3, 32: 3}, mfu_reps=2, max_rows=48, torch_batches=2)
 
 
@@ -348,6 +356,12 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         step = _adapter_step(cfg, student.config.hidden_size, teacher.config.hidden_size, effort)
         peak_after = _peak_gflops(effort)
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        def torch_worker(batch, align_batch, hidden):  # the PyTorch twins, in a process of their own
+            return bench_torch.TorchWorker(cfg, teacher_dir, student_dir, num_labels, batch, align_batch, hidden,
+                                           workdir / "torch_worker")
+
+        steps = bench_steps.run(cfg, teacher, student, num_labels, effort.step_reps, max(peak_before, peak_after),
+                                torch_worker if vs_torch else None)
         torch_result = (bench_torch.torch_recipe(cfg, teacher_dir, student_dir, batches, num_labels, effort)
                         if vs_torch else None)
 
@@ -398,6 +412,7 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         # The whole cached epoch (gather from the memory-mapped cache and padding rows included).
         "stage2_cached_epoch_mfu": stage2["padded_tokens"] * f_train / stage2["cached_epoch_s"] / 1e9 / peak,
         "peak_rss_mb": peak_rss_mb,
+        **steps,
         "analytic": analytic,
         "targets": {
             "meaning": "aspirations this project set for its speed, not checks: false = not reached on this "
@@ -433,7 +448,9 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
                     "ratio": latency["alad_w3"][b]["p50"] / torch_result["latency"][b]["p50"]}
                 for b in torch_result["latency"]},
             "align_tokens_per_s_cached_vs_torch_uncached": result["align_tokens_per_s"]["cached"] / theirs_tokens,
-            "note": "ratio = ours / theirs: above 1 is faster for tokens/s, below 1 is faster for latency",
+            "note": "ratio = ours / theirs: above 1 is faster for tokens/s, below 1 is faster for latency; "
+                    "these run PyTorch in the JAX process, one epoch after the other (PyTorch runs slower "
+                    "there): quote ratios_vs_torch (its own process, interleaved, dense batches) instead",
         }
         result["peak_rss_mb_with_torch"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started

@@ -1,0 +1,120 @@
+"""XLA CPU flags vs the plain path on our teacher fine-tune and uncached alignment steps (issue 14).
+
+XLA_FLAGS is read once per process, so each flag set runs in a child process;
+the sets alternate round by round (A B C A B C ...) so the machine's load
+drifts over all alike. Each child reports the median step time and the loss
+trajectory of a few steps from the same init, batch and keys: a flag that
+changes the numbers shows up as a nonzero difference to the plain run's losses.
+Run: ``python benchmarks/xla_flags.py [--rounds 2] [--steps 6]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FLAG_SETS = {
+    "plain": "",
+    "avx512_vectors": "--xla_cpu_prefer_vector_width=512",
+    "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "multi_output_fusion": "--xla_cpu_use_multi_output_fusion=true",
+}
+
+
+def child(steps: int) -> dict:
+    import jax
+    import numpy as np
+
+    from alad_jax import sharding
+    from alad_jax.config import load_config
+    from alad_train import bench, bench_steps, cases, models
+    from alad_train.loop import make_optimizer
+    from alad_train.state import train_state_of
+
+    cfg = load_config(None, [])
+    teacher, student, *_ = bench._load_models(cfg, Path(tempfile.mkdtemp()))
+    num_labels = 17
+    out = {}
+    mesh = sharding.make_mesh()
+    for name in ("teacher", "align_uncached"):
+        if name == "teacher":
+            batch = bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
+            state = train_state_of(bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels),
+                                   cases.TEACHER_FT.trainable, models.tagging_loss,
+                                   make_optimizer(cfg.stages.teacher, cfg.optim, 1000), mesh)
+        else:
+            batch = bench_steps.dense_batch(*bench_steps.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
+            del batch["labels"]
+            from flax import nnx
+
+            from alad_jax.adapter import AlignmentAdapter
+
+            adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
+                                       cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
+            state = train_state_of(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
+                                   models.align_loss, make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh)
+        batch = jax.device_put(batch)
+        start = time.perf_counter()
+        losses = [float(state.step(batch, jax.random.key(0))["loss"])]  # compile + first step
+        compile_s = time.perf_counter() - start
+        times = []
+        for i in range(1, steps):
+            start = time.perf_counter()
+            metrics = state.step(batch, jax.random.key(i))
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+            losses.append(float(metrics["loss"]))
+        out[name] = {"ms": 1e3 * statistics.median(times), "losses": losses, "compile_s": compile_s}
+        del state
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--sets", default=",".join(FLAG_SETS))
+    parser.add_argument("--child", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.steps)), flush=True)
+        return
+    results = {name: [] for name in args.sets.split(",")}
+    for _ in range(args.rounds):
+        for name in results:
+            env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name]}
+            proc = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps)], env=env,
+                                  capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(name, "failed:", proc.stderr[-2000:], flush=True)
+                continue
+            results[name].append(json.loads(line[7:]))
+            print(name, line[7:], flush=True)
+    plain = results.get("plain", [])
+    summary = {}
+    for name, runs in results.items():
+        if not runs:
+            continue
+        entry = {}
+        for step in runs[0]:
+            ms = [r[step]["ms"] for r in runs]
+            entry[step] = {"ms_runs": [round(m, 1) for m in ms]}
+            if plain:
+                ref = plain[0][step]["losses"]
+                entry[step]["max_rel_loss_diff_vs_plain"] = max(
+                    abs(a / b - 1) for a, b in zip(runs[0][step]["losses"], ref))
+        summary[name] = entry
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
