@@ -31,7 +31,6 @@ FLAG_SETS = {
 
 def child(steps: int) -> dict:
     import jax
-    import numpy as np
 
     from alad_jax import sharding
     from alad_jax.config import load_config
