@@ -14,6 +14,7 @@ import numpy as np
 
 from alad_jax.config import Config
 from alad_jax.errors import AladError
+from alad_train import cases
 from alad_train.bench import LATENCY_BATCHES, SEQ, Effort, _one_per_shape, _percentiles, _seconds
 
 
@@ -230,7 +231,7 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
 def _recipe_spec(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int) -> dict:
     """What the PyTorch steps read from the config, as JSON."""
     stages = {name: {"lr": getattr(cfg.stages, name).lr, "weight_decay": getattr(cfg.stages, name).weight_decay}
-              for name in ("teacher", "student_ft", "joint", "continual")}
+              for name in (cases.TEACHER_FT.stage, cases.STUDENT_FT.stage, cases.JOINT.stage, "continual")}
     optim = {k: getattr(cfg.optim, k) for k in ("b1", "b2", "eps", "clip_norm")}
     return {"seed": cfg.seed, "windows": list(cfg.windows), "adapter_hidden": cfg.adapter_hidden,
             "head_dropout": cfg.head_dropout, "stages": stages, "optim": optim, "teacher_dir": str(teacher_dir),
