@@ -242,7 +242,6 @@ def main() -> None:
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of
     from alad_jax import sharding
-    from alad_jax.adapter import AlignmentAdapter
 
     cfg = load_config(None, [])
     work = Path(tempfile.mkdtemp(prefix="alad-profile-models-"))
@@ -268,10 +267,7 @@ def main() -> None:
     if "align_uncached" in todo:
         batch = bench_steps.dense_batch(*bench_steps.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
         del batch["labels"]
-        adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                   cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
-        state = train_state_of(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
-                               models.align_loss, make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh)
+        state = bench_steps.align_uncached_state(cfg, teacher, student, mesh)
         state.loss_fn = models.align_loss
         device_batch = jax.device_put(batch)
         print("uncached alignment 32x128 phases:", phases(state, device_batch, args.reps), flush=True)

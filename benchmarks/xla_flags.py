@@ -52,14 +52,7 @@ def child(steps: int) -> dict:
         else:
             batch = bench_steps.dense_batch(*bench_steps.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
             del batch["labels"]
-            from flax import nnx
-
-            from alad_jax.adapter import AlignmentAdapter
-
-            adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                       cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
-            state = train_state_of(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
-                                   models.align_loss, make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh)
+            state = bench_steps.align_uncached_state(cfg, teacher, student, mesh)
         batch = jax.device_put(batch)
         start = time.perf_counter()
         losses = [float(state.step(batch, jax.random.key(0))["loss"])]  # compile + first step

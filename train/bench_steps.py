@@ -80,6 +80,16 @@ def jax_case_model(case: cases.Case, cfg: Config, teacher, student, num_labels: 
     return TaskModel(encoder, head, adapter, train_encoder=case.trains_encoder)
 
 
+def align_uncached_state(cfg: Config, teacher, student, mesh, seed: int = 0):
+    """The stage-2 uncached alignment step's training state (student -> AlAd vs the frozen teacher), as fit builds it."""
+    from alad_train.state import train_state_of
+
+    adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
+                               cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(seed))
+    return train_state_of(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS, models.align_loss,
+                          make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh)
+
+
 def jax_steps(cfg: Config, teacher, student, batch: dict, num_labels: int) -> dict:
     """{case name: a blocking zero-argument train step} on ``batch`` (already on the device), compiled."""
     from alad_train.bench import _Trainer  # bench imports this module
