@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alad_jax import distributed, sharding
+from alad_jax import compile_meter, distributed, sharding
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config
@@ -60,10 +60,12 @@ class Pipeline:
         """Run ``run`` once per work directory; its JSON result is remembered in progress.json."""
         if name in self.progress:
             return self.progress[name]
-        started = time.perf_counter()
+        started, compiled = time.perf_counter(), compile_meter.seconds()
         result = run()
         # Training + evaluation + saving, and the training an interrupted session did before this one.
         result["wall_seconds"] = round(time.perf_counter() - started + result.pop("resumed_seconds", 0.0), 2)
+        # Of this session's part of it: tracing, lowering and compiling (or fetching from the XLA cache).
+        result["compile_seconds"] = round(compile_meter.seconds() - compiled, 2)
         self.progress[name] = result
         if distributed.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
@@ -390,6 +392,8 @@ class Pipeline:
             "rows": out_rows,
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),
+            # of this session's seconds, those spent tracing and compiling (see each stage's compile_seconds)
+            "compile_seconds": round(compile_meter.seconds(), 1),
             "devices": [str(d) for d in jax.devices()],
             "processes": jax.process_count(),
         }

@@ -87,6 +87,8 @@ def format_summary(stage: str, record: dict) -> str:
         timing.append(f"{float(seconds):.1f} s")
     if record.get("wall_seconds") is not None:
         timing.append(f"({float(record['wall_seconds']):.1f} s with evaluation)")
+    if record.get("compile_seconds") is not None:
+        timing.append(f"{float(record['compile_seconds']):.1f} s compiling")
     if timing:
         parts.append(" ".join(timing))
     if record.get("tokens_per_s") is not None:
