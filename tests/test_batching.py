@@ -58,26 +58,46 @@ def test_every_row_lands_once_unchanged_and_padding_is_inert():
         assert all(v.dtype == np.int32 for v in batch.values())
 
 
-def test_fixed_size_batches_have_one_shape_per_bucket():
+def test_fixed_size_batches_have_one_shape_per_bucket_and_share_its_rows_evenly():
     batches = make_batches(FEATURES, batch_size=16)
     lengths = [len(x) for x in FEATURES.input_ids]
     used = sorted({bucket_length(n, DEFAULT_BUCKETS) for n in lengths})
     assert used == [16, 32, 64, 128, 256]
-    assert batch_shapes(batches) == {(16, length) for length in used}
     per_bucket = {length: sum(bucket_length(n, DEFAULT_BUCKETS) == length for n in lengths) for length in used}
-    assert len(batches) == sum(-(-count // 16) for count in per_bucket.values())
+    # as many batches as full batches of 16 need, the rows shared evenly: ceil(n / count) rows each
+    counts = {length: -(-n // 16) for length, n in per_bucket.items()}
+    assert len(batches) == sum(counts.values())
+    assert batch_shapes(batches) == {(-(-per_bucket[length] // counts[length]), length) for length in used}
+    for length in used:
+        real = sorted(int((b["feature_index"] >= 0).sum()) for b in batches if b["input_ids"].shape[1] == length)
+        assert real[-1] <= 16 and real[-1] - real[0] <= 1 and sum(real) == per_bucket[length]
+
+
+def test_even_shares_cut_the_empty_rows_of_a_last_batch():
+    # 17 rows of one length: two batches of 9 and 8 real rows (shape 9), not 16 + 1 (shape 16, 15 empty rows)
+    feats = TaggingFeatures([np.arange(5, dtype=np.int32)] * 17, [np.zeros(5, np.int32)] * 17,
+                            [np.arange(5, dtype=np.int32)] * 17, np.arange(17, dtype=np.int32), 17, 0)
+    batches = make_batches(feats, batch_size=16, buckets=(8,))
+    assert [int((b["feature_index"] >= 0).sum()) for b in batches] == [9, 8]
+    assert batch_shapes(batches) == {(9, 8)}
+    # with 4 processes each share is rounded up to a multiple of 4: 12 rows, 3 per process
+    assert batch_shapes(make_batches(feats, batch_size=16, buckets=(8,), process_count=4)) == {(3, 8)}
 
 
 def test_token_budget_sets_rows_per_bucket():
     batches = make_batches(FEATURES, token_budget=1024)
-    assert batch_shapes(batches) == {(64, 16), (32, 32), (16, 64), (8, 128), (4, 256)}
-    # budget // length real rows (62, 31, 15, 7, 3), filled with empty rows up to a multiple of the
-    # 4 processes: 64, 32, 16, 8, 4 rows, a quarter of them on each process
+    lengths = [len(x) for x in FEATURES.input_ids]
+    for length, most in {16: 64, 32: 32, 64: 16, 128: 8, 256: 4}.items():
+        real = [int((b["feature_index"] >= 0).sum()) for b in batches if b["input_ids"].shape[1] == length]
+        n = sum(bucket_length(m, DEFAULT_BUCKETS) == length for m in lengths)
+        assert len(real) == -(-n // most) and max(real) <= most and sum(real) == n  # at most budget // length
+    # at most budget // length real rows (62, 31, 15, 7, 3), filled with empty rows up to a multiple of the
+    # 4 processes, a quarter of them on each process
     shares = make_batches(FEATURES, token_budget=1000, process_count=4)
-    assert batch_shapes(shares) == {(16, 16), (8, 32), (4, 64), (2, 128), (1, 256)}
+    assert {b["input_ids"].shape[1] for b in shares} == {16, 32, 64, 128, 256}
+    assert all(b["input_ids"].shape[0] * 4 <= -(-(1000 // b["input_ids"].shape[1]) // 4) * 4 for b in shares)
     # the multiple may also come from the devices a batch is split over
-    assert batch_shapes(make_batches(FEATURES, token_budget=1000, row_multiple=8)) == {
-        (64, 16), (32, 32), (16, 64), (8, 128), (8, 256)}
+    assert all(b["input_ids"].shape[0] % 8 == 0 for b in make_batches(FEATURES, token_budget=1000, row_multiple=8))
 
 
 def test_unshuffled_order_is_stable_bucket_by_bucket():
@@ -158,8 +178,13 @@ def test_porttinari_train_split_compiles_at_most_four_shapes():
     train, _, _ = split_by_hash(load_packaged("porttinari"))
     features = encode_tagging(train, tokenizer, LabelVocab.from_sentences(train), max_length=128)
     assert (len(features), features.num_sentences) == (6681, 6680)  # one sentence needs two windows
-    assert batch_shapes(make_batches(features, batch_size=32)) == {(32, 16), (32, 32), (32, 64), (32, 128)}
-    assert batch_shapes(make_batches(features, token_budget=4096)) == {(256, 16), (128, 32), (64, 64), (32, 128)}
+    # one shape per bucket, no batch over the cap
+    shapes = batch_shapes(make_batches(features, batch_size=32))
+    assert {length for _, length in shapes} == {16, 32, 64, 128} and len(shapes) == 4
+    assert all(rows <= 32 for rows, _ in shapes)
+    shapes = batch_shapes(make_batches(features, token_budget=4096))
+    assert {length for _, length in shapes} == {16, 32, 64, 128} and len(shapes) == 4
+    assert all(rows <= 4096 // length for rows, length in shapes)
 
 
 def test_jitted_step_traces_once_per_batch_shape():

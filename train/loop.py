@@ -61,6 +61,8 @@ class FitResult:
     seconds: float
     trainable_params: int
     tokens_per_s: float
+    padding: float = 0.0  # fraction of the positions the steps computed on that were padding (empty rows included)
+    positions: int = 0  # the positions the steps computed on (rows x length, summed over steps)
     resumed_seconds: float = 0.0  # of ``seconds``, trained by an earlier, interrupted session
 
 
@@ -128,7 +130,7 @@ def fit(
     best = jax.tree_util.tree_map(jnp.copy, state.trainable)
 
     meta = {"step": 0, "best_score": None, "best_epoch": 0, "evals_since_best": 0, "history": [], "seconds": 0.0,
-            "tokens": 0, "done": False, "stopped": "", "loss_sum": 0.0, "loss_count": 0}
+            "tokens": 0, "positions": 0, "done": False, "stopped": "", "loss_sum": 0.0, "loss_count": 0}
     checkpoints = Checkpoints(checkpoint_dir)
     restored = checkpoints.restore({"trainable": state.trainable, "opt_state": state.opt_state, "best": best})
     if restored is not None:
@@ -164,6 +166,7 @@ def fit(
             device_batch = sharding.shard_batch(prepare(batch) if prepare else batch, mesh)
             metrics = state.step(device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
+            meta["positions"] += int(batch["attention_mask"].size)
             step += 1
             if on_step:
                 on_step(step)
@@ -209,6 +212,9 @@ def fit(
     bar.close()
     checkpoints.close()
     seconds = meta["seconds"] if meta["done"] else time.perf_counter() - started
+    # Each process counted the tokens and positions of its own rows: their sums are the global batches'.
+    tokens = distributed.sum_over_processes(meta["tokens"])
+    positions = distributed.sum_over_processes(meta.get("positions", 0))  # 0: a checkpoint from before this count
     return FitResult(
         model=state.model(best),
         best_score=float(meta["best_score"]) if meta["best_score"] is not None else float("nan"),
@@ -219,7 +225,8 @@ def fit(
         steps=step,
         seconds=float(seconds),
         trainable_params=count_params(state.trainable),
-        # Each process counted the tokens of its own rows: their sum is the global batches'.
-        tokens_per_s=distributed.sum_over_processes(meta["tokens"]) / max(seconds, 1e-9),
+        tokens_per_s=tokens / max(seconds, 1e-9),
+        padding=1.0 - tokens / positions if positions else 0.0,
+        positions=int(positions),
         resumed_seconds=float(resumed_seconds),
     )

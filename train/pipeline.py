@@ -392,6 +392,8 @@ class Pipeline:
             "rows": out_rows,
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),
+            # of all positions every stage's train steps computed on, the share that was padding
+            "padding": _padding([*rows.values(), *(s for w in alignment.values() for s in w.values())]),
             # of this session's seconds, those spent tracing and compiling (see each stage's compile_seconds)
             "compile_seconds": round(compile_meter.seconds(), 1),
             "devices": [str(d) for d in jax.devices()],
@@ -402,7 +404,14 @@ class Pipeline:
 def _stopping(result) -> dict:
     """How a stage ended: epochs run, the best (restored) epoch, why it stopped, and every evaluation."""
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
-            "history": result.history}
+            "padding": round(result.padding, 4), "positions": result.positions, "history": result.history}
+
+
+def _padding(stages: list[dict]) -> float | None:
+    """Padding share of the positions ``stages`` trained on together (None before stages recorded positions)."""
+    positions = sum(s.get("positions", 0) for s in stages)
+    real = sum(s.get("positions", 0) * (1 - s.get("padding", 0.0)) for s in stages)
+    return round(1 - real / positions, 4) if positions else None
 
 
 def _then(teacher_rows: teacher_inputs.TeacherRows, gather=None):

@@ -61,7 +61,7 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 
 def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None) -> int:
-    """Real rows per global batch: ``batch_size``, or as many whole rows as the token budget holds (at least one)."""
+    """Most real rows in a global batch: ``batch_size``, or as many whole rows as the token budget holds (at least one)."""
     if batch_size is not None:
         return batch_size
     return max(token_budget // length, 1)
@@ -82,10 +82,13 @@ def plan_batches(
     """The global batches as ``(bucket_length, rows)``; ``rows`` int ``[B]`` are row indices, -1 for padding rows.
 
     ``B`` is a multiple of ``process_count`` and of ``row_multiple`` (the
-    devices a batch is split over). A token-budget batch holds ``budget //
-    length`` real rows whatever those counts are, and is filled up to the
-    multiple with empty rows, so every process and device count sees the same
-    real rows in the same batches and order (the losses ignore empty rows).
+    devices a batch is split over). A bucket's ``n`` rows go into as many
+    batches as ``batch_size`` (or ``budget // length``) real rows each would
+    need, ``ceil(n / real)``, and are shared evenly among them (sizes differ by
+    at most one, so no batch is mostly padding); the batches of a bucket are
+    filled with empty rows up to one shape, the largest share rounded up to the
+    multiple. Every process and device count thus sees the same real rows in
+    the same batches and order (the losses ignore empty rows).
 
     Without shuffling: buckets in ascending length, rows in input order. With
     shuffling (from ``(seed, epoch)``): rows shuffled within each bucket, then
@@ -116,10 +119,16 @@ def plan_batches(
         rows = np.asarray(by_bucket[length], np.int64)
         if shuffle:
             rows = rng.permutation(rows)
-        real = _rows_per_batch(length, batch_size, token_budget)
-        per_batch = -(-real // multiple) * multiple
-        for start in range(0, len(rows), real):
-            chunk = rows[start : start + real]
+        # As many batches as full ones of `real` rows need, the rows shared evenly among them (sizes
+        # differ by at most one): a bucket's last batch is not mostly empty rows, and every batch of
+        # the bucket keeps one shape, the largest share rounded up to the multiple.
+        count = -(-len(rows) // _rows_per_batch(length, batch_size, token_budget))
+        base, extra = divmod(len(rows), count)
+        per_batch = -(-(base + (extra > 0)) // multiple) * multiple
+        start = 0
+        for i in range(count):
+            chunk = rows[start : start + base + (i < extra)]
+            start += len(chunk)
             plan.append((length, np.pad(chunk, (0, per_batch - len(chunk)), constant_values=-1)))
     if shuffle:
         plan = [plan[i] for i in rng.permutation(len(plan))]
@@ -143,7 +152,7 @@ def make_batches(
     """This process's share of every batch, as numpy arrays.
 
     Exactly one of ``batch_size`` (rows per global batch) and ``token_budget``
-    (real rows = budget // bucket length, at least one, filled with empty rows
+    (at most budget // bucket length real rows, at least one, filled with empty rows
     up to a multiple of ``process_count`` and ``row_multiple``: see
     :func:`plan_batches`). Keys, with ``b = B / P`` local rows and ``L`` the
     bucket length:
