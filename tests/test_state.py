@@ -48,3 +48,57 @@ def test_fit_trains_through_the_factory_state(monkeypatch, tmp_path):
     # The state the factory built is the one that trained: its trainable w moved from 0 towards 3.
     assert float(built[0].trainable["w"][...]) == pytest.approx(float(result.model.w[...]))
     assert 0.0 < float(result.model.w[...]) < 3.0
+
+
+class _Tiny(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.embed = nnx.Embed(11, 8, rngs=rngs)
+        self.hidden = nnx.Linear(8, 16, rngs=rngs)
+        self.drop = nnx.Dropout(0.3)
+        self.out = nnx.Linear(16, 3, rngs=rngs)
+        self.frozen = nnx.Linear(3, 3, rngs=rngs)
+
+
+def _tiny_loss(model, batch, key):
+    h = model.drop(jax.nn.gelu(model.hidden(model.embed(batch["input_ids"]))), rngs=nnx.Rngs(dropout=key))
+    logits = model.frozen(model.out(h))
+    loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["labels"][..., None], -1))
+    return loss, {"mean_logit": logits.mean()}
+
+
+def test_the_flat_dispatch_step_equals_the_tree_step_bit_for_bit():
+    """TrainState.step (flat lists of arrays) is a speed path: it must train exactly as step_fn on trees."""
+    mesh = make_mesh(MeshConfig())
+    optimizer = loop.make_optimizer(StageConfig(epochs=1, lr=1e-2), OptimConfig(), 10)
+    trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("frozen")))
+    flat, tree = (state.train_state_of(_Tiny(), trainable, _tiny_loss, optimizer, mesh) for _ in range(2))
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        batch = {"input_ids": rng.integers(0, 11, (4, 5)).astype(np.int32),
+                 "labels": rng.integers(0, 3, (4, 5)).astype(np.int32)}
+        key = jax.random.key(i)
+        got = flat.step(batch, key)
+        tree.trainable, tree.opt_state, want = tree.step_fn(tree.trainable, tree.frozen, tree.opt_state, batch, key)
+        assert {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+    for a, b in zip(jax.tree_util.tree_leaves((flat.trainable, flat.opt_state)),
+                    jax.tree_util.tree_leaves((tree.trainable, tree.opt_state)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the frozen part did not move, and the trees read back with their structure
+    np.testing.assert_array_equal(np.asarray(flat.frozen["frozen"]["kernel"][...]),
+                                  np.asarray(_Tiny().frozen.kernel[...]))
+    assert float(flat.model().out.kernel[...].sum()) == float(tree.model().out.kernel[...].sum())
+    # an ahead-of-time executable of the same step gives the same next step
+    more = {"input_ids": np.ones((4, 5), np.int32), "labels": np.zeros((4, 5), np.int32)}
+    got = flat.run(flat.lower(more, jax.random.key(9)).compile(), more, jax.random.key(9))
+    tree.trainable, tree.opt_state, want = tree.step_fn(tree.trainable, tree.frozen, tree.opt_state, more,
+                                                        jax.random.key(9))
+    assert float(got["loss"]) == float(want["loss"])
+
+
+def test_a_tree_of_another_structure_is_refused():
+    mesh = make_mesh(MeshConfig())
+    optimizer = loop.make_optimizer(StageConfig(epochs=1, lr=1e-2), OptimConfig(), 10)
+    built = state.train_state_of(_Tiny(), nnx.Param, _tiny_loss, optimizer, mesh)
+    with pytest.raises(ValueError, match="trainable tree of another structure"):
+        built.trainable = {"w": jnp.zeros(())}

@@ -193,16 +193,11 @@ class _Trainer:
         if shape in self._compiled:
             return 0.0
         start = time.perf_counter()
-        state = self.state
-        self._compiled[shape] = state.step_fn.lower(
-            state.trainable, state.frozen, state.opt_state, batch, jax.random.key(0)).compile()
+        self._compiled[shape] = self.state.lower(batch, jax.random.key(0)).compile()
         return time.perf_counter() - start
 
     def step(self, batch: dict, key: jax.Array) -> dict:
-        state = self.state
-        state.trainable, state.opt_state, metrics = self._compiled[self._shape(batch)](
-            state.trainable, state.frozen, state.opt_state, batch, key)
-        return metrics
+        return self.state.run(self._compiled[self._shape(batch)], batch, key)
 
     def epoch(self, batches: list[dict], prepare=None) -> tuple[float, list[float], float]:
         """(seconds, per-step losses, compile seconds) of one pass; compilation first, untimed."""
