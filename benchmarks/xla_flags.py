@@ -25,7 +25,10 @@ FLAG_SETS = {
     "avx512_vectors": "--xla_cpu_prefer_vector_width=512",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "onednn": "--xla_cpu_use_onednn=true",
-    "multi_output_fusion": "--xla_cpu_use_multi_output_fusion=true",
+    # compile-time flags: a cold XLA cache pays compilation on every run
+    "opt_level_1": "--xla_backend_optimization_level=1",
+    "no_expensive_llvm": "--xla_llvm_disable_expensive_passes=true",
+    "opt1_no_expensive": "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true",
 }
 
 
@@ -99,7 +102,8 @@ def main() -> None:
         entry = {}
         for step in runs[0]:
             ms = [r[step]["ms"] for r in runs]
-            entry[step] = {"ms_runs": [round(m, 1) for m in ms]}
+            entry[step] = {"ms_runs": [round(m, 1) for m in ms],
+                           "compile_s_runs": [round(r[step]["compile_s"], 2) for r in runs]}
             if plain:
                 ref = plain[0][step]["losses"]
                 entry[step]["max_rel_loss_diff_vs_plain"] = max(
