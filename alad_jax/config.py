@@ -105,7 +105,7 @@ class StagesConfig:
     align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
     continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
     head: StageConfig = _stage(epochs=40, lr=1e-3, weight_decay=0.0, min_delta=0.001)
-    frozen: StageConfig = _stage(epochs=20, lr=1e-4, weight_decay=0.01, min_delta=0.001)
+    frozen: StageConfig = _stage(epochs=30, lr=1e-4, weight_decay=0.01, min_delta=0.001)
     joint: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
     probe: StageConfig = _stage(epochs=40, lr=2e-3, weight_decay=0.0, min_delta=0.001)
     student_ft: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
