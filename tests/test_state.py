@@ -100,5 +100,5 @@ def test_a_tree_of_another_structure_is_refused():
     mesh = make_mesh(MeshConfig())
     optimizer = loop.make_optimizer(StageConfig(epochs=1, lr=1e-2), OptimConfig(), 10)
     built = state.train_state_of(_Tiny(), nnx.Param, _tiny_loss, optimizer, mesh)
-    with pytest.raises(ValueError, match="trainable tree of another structure"):
+    with pytest.raises(ValueError, match="a trainable tree of another structure"):
         built.trainable = {"w": jnp.zeros(())}

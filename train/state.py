@@ -36,36 +36,47 @@ def make_train_step(graphdef, loss_fn: LossFn, optimizer: optax.GradientTransfor
     return step
 
 
+class _FlatTree:
+    """A train-state part held as a flat list of arrays (``obj._<name>``), read and written as a tree.
+
+    Writing a tree of another structure than the first one written is an error: the
+    jitted step was built for that structure.
+    """
+
+    def __set_name__(self, owner, name: str):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return jax.tree_util.tree_unflatten(obj.__dict__[f"_{self.name}_def"], obj.__dict__[f"_{self.name}"])
+
+    def __set__(self, obj, tree) -> None:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if obj.__dict__.setdefault(f"_{self.name}_def", treedef) != treedef:
+            raise ValueError(f"train state: a {self.name} tree of another structure than the step was built for")
+        obj.__dict__[f"_{self.name}"] = leaves
+
+
 class TrainState:
     """A model split into trainable and frozen state on a mesh, its optimizer state, and its jitted step.
 
     ``trainable``, ``frozen`` and ``opt_state`` read and write as trees, but are held as flat
     lists of arrays: :meth:`step` calls a jitted twin of ``step_fn`` that takes and returns
     those lists, so a step's dispatch does not flatten and rebuild hundreds of nnx/optax
-    tree nodes in Python (about 10 ms a step, see issue 14). Both twins trace the same
-    function; ``tests/test_state.py`` holds the flat step to the tree step bit for bit.
-    ``step_fn`` (the tree form) stays for ahead-of-time lowering (``alad bench``, profiles).
+    tree nodes in Python (5.6 ms of a MiniLM-L6 teacher step; benchmarks/dispatch.py). Both
+    trace the same function; ``tests/test_state.py`` holds the flat step to the tree step bit
+    for bit. ``step_fn`` (the tree form) stays for ahead-of-time lowering of trees (profiles).
     """
 
+    trainable = _FlatTree()
+    frozen = _FlatTree()
+    opt_state = _FlatTree()
+
     def __init__(self, graphdef, trainable: nnx.State, frozen: nnx.State, opt_state: optax.OptState,
-                 shardings: sharding.TrainShardings, step_fn: Callable, flat_step_fn: Callable, treedefs: tuple):
-        self.graphdef, self.shardings, self.step_fn = graphdef, shardings, step_fn
-        self._flat_step_fn, self._treedefs = flat_step_fn, treedefs
+                 shardings: sharding.TrainShardings, step_fn: Callable, flat_step_fn: Callable):
+        self.graphdef, self.shardings, self.step_fn, self._flat_step_fn = graphdef, shardings, step_fn, flat_step_fn
         self.trainable, self.frozen, self.opt_state = trainable, frozen, opt_state
-
-    def _leaves(self, tree, which: int) -> list:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        if treedef != self._treedefs[which]:
-            raise ValueError(f"train state: a {('trainable', 'frozen', 'opt_state')[which]} tree of another structure "
-                             f"than the one the step was built for")
-        return leaves
-
-    trainable = property(lambda self: jax.tree_util.tree_unflatten(self._treedefs[0], self._trainable),
-                         lambda self, tree: setattr(self, "_trainable", self._leaves(tree, 0)))
-    frozen = property(lambda self: jax.tree_util.tree_unflatten(self._treedefs[1], self._frozen),
-                      lambda self, tree: setattr(self, "_frozen", self._leaves(tree, 1)))
-    opt_state = property(lambda self: jax.tree_util.tree_unflatten(self._treedefs[2], self._opt_state),
-                         lambda self, tree: setattr(self, "_opt_state", self._leaves(tree, 2)))
 
     def step(self, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
         """One optimizer step on ``batch`` (device arrays or numpy); returns the step's metrics."""
@@ -110,7 +121,7 @@ def create_train_state(graphdef, trainable: nnx.State, frozen: nnx.State, loss_f
                        shardings.replicated),
         donate_argnums=(0, 2),
     )
-    return TrainState(graphdef, trainable, frozen, opt_state, shardings, step_fn, flat_step_fn, treedefs)
+    return TrainState(graphdef, trainable, frozen, opt_state, shardings, step_fn, flat_step_fn)
 
 
 def train_state_of(model: nnx.Module, trainable_filter, loss_fn: LossFn, optimizer: optax.GradientTransformation,

@@ -61,7 +61,7 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 
 def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None) -> int:
-    """Most real rows in a global batch: ``batch_size``, or as many whole rows as the token budget holds (at least one)."""
+    """Most real rows in a global batch: ``batch_size``, or the whole rows the token budget holds (at least one)."""
     if batch_size is not None:
         return batch_size
     return max(token_budget // length, 1)
