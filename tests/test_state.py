@@ -102,3 +102,16 @@ def test_a_tree_of_another_structure_is_refused():
     built = state.train_state_of(_Tiny(), nnx.Param, _tiny_loss, optimizer, mesh)
     with pytest.raises(ValueError, match="a trainable tree of another structure"):
         built.trainable = {"w": jnp.zeros(())}
+
+
+def test_fit_reports_the_padding_share_of_the_positions_it_trained_on(tmp_path):
+    # two batches of 2 x 4 positions with 6 and 3 real tokens: 16 positions, 7 of them padding
+    batches = [{"attention_mask": np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.int32)},
+               {"attention_mask": np.array([[1, 1, 1, 0], [0, 0, 0, 0]], np.int32)}]
+    result = loop.fit(
+        loop.Objective(_Scalar(), nnx.Param, lambda m, b, k: ((m.w[...] - 3.0) ** 2, {})), name="toy",
+        stage=StageConfig(epochs=1, lr=0.1, weight_decay=0.0), optim=OptimConfig(),
+        batches_for_epoch=lambda epoch: batches, evaluate=lambda m: (float(m.w[...]), {}), higher_is_better=True,
+        checkpoint_dir=tmp_path / "ckpt", seed=0, mesh=make_mesh(MeshConfig()))
+    assert result.positions == 16
+    assert result.padding == pytest.approx(7 / 16)

@@ -61,8 +61,8 @@ class FitResult:
     seconds: float
     trainable_params: int
     tokens_per_s: float
-    padding: float = 0.0  # fraction of the positions the steps computed on that were padding (empty rows included)
-    positions: int = 0  # the positions the steps computed on (rows x length, summed over steps)
+    padding: float | None = None  # share of the positions the steps computed on that were padding (empty rows too)
+    positions: int = 0  # the positions the steps computed on (rows x length, summed over steps); 0: not counted
     resumed_seconds: float = 0.0  # of ``seconds``, trained by an earlier, interrupted session
 
 
@@ -137,6 +137,8 @@ def fit(
         parts, saved_meta = restored
         state.trainable, state.opt_state, best = parts["trainable"], parts["opt_state"], parts["best"]
         meta.update(saved_meta)
+        if "positions" not in saved_meta:  # a checkpoint from before positions were counted: padding unknown
+            meta["positions"] = None
     base_key = jax.random.key(seed)
     step = last_saved = meta["step"]
     resumed_seconds = meta["seconds"]
@@ -166,7 +168,8 @@ def fit(
             device_batch = sharding.shard_batch(prepare(batch) if prepare else batch, mesh)
             metrics = state.step(device_batch, key)
             meta["tokens"] += int(batch["attention_mask"].sum())
-            meta["positions"] += int(batch["attention_mask"].size)
+            if meta["positions"] is not None:
+                meta["positions"] += int(batch["attention_mask"].size)
             step += 1
             if on_step:
                 on_step(step)
@@ -214,7 +217,7 @@ def fit(
     seconds = meta["seconds"] if meta["done"] else time.perf_counter() - started
     # Each process counted the tokens and positions of its own rows: their sums are the global batches'.
     tokens = distributed.sum_over_processes(meta["tokens"])
-    positions = distributed.sum_over_processes(meta.get("positions", 0))  # 0: a checkpoint from before this count
+    positions = int(distributed.sum_over_processes(meta["positions"] or 0))
     return FitResult(
         model=state.model(best),
         best_score=float(meta["best_score"]) if meta["best_score"] is not None else float("nan"),
@@ -226,7 +229,7 @@ def fit(
         seconds=float(seconds),
         trainable_params=count_params(state.trainable),
         tokens_per_s=tokens / max(seconds, 1e-9),
-        padding=1.0 - tokens / positions if positions else 0.0,
-        positions=int(positions),
+        padding=1.0 - tokens / positions if positions else None,
+        positions=positions,
         resumed_seconds=float(resumed_seconds),
     )

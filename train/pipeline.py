@@ -404,13 +404,14 @@ class Pipeline:
 def _stopping(result) -> dict:
     """How a stage ended: epochs run, the best (restored) epoch, why it stopped, and every evaluation."""
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
-            "padding": round(result.padding, 4), "positions": result.positions, "history": result.history}
+            "padding": None if result.padding is None else round(result.padding, 4), "positions": result.positions,
+            "history": result.history}
 
 
 def _padding(stages: list[dict]) -> float | None:
     """Padding share of the positions ``stages`` trained on together (None before stages recorded positions)."""
     positions = sum(s.get("positions", 0) for s in stages)
-    real = sum(s.get("positions", 0) * (1 - s.get("padding", 0.0)) for s in stages)
+    real = sum(s["positions"] * (1 - s["padding"]) for s in stages if s.get("positions"))
     return round(1 - real / positions, 4) if positions else None
 
 
