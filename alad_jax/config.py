@@ -148,6 +148,7 @@ class Config:
     windows: list[int] = dataclasses.field(default_factory=lambda: [3])
     adapter_hidden: int = 1280
     adapter_impl: str = "auto"
+    matmul_dtype: str = "bfloat16"  # train steps' matmuls: bfloat16 operands, float32 accumulation; or float32
     cache_features: bool = True  # stages 1-2: compute frozen hidden states once
     max_length: int = 64  # longer sentences become overlapping windows (tagging); qa: question + context
     stride: int = 16  # overlap of those windows (tagging) / document stride (qa)
@@ -175,6 +176,8 @@ class Config:
                 raise AladError(f"config key 'windows' holds {k}; window sizes must be odd and positive (1, 3, 5, ...)")
         if len(set(self.windows)) != len(self.windows):
             raise AladError(f"config key 'windows' repeats a size: {self.windows}")
+        if self.matmul_dtype not in ("float32", "bfloat16"):
+            raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use float32 or bfloat16")
         if self.alignment.level not in ("token", "word"):
             raise AladError(f"config key 'alignment.level' is {self.alignment.level!r}; use token or word")
         if self.student_layers < 0:

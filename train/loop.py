@@ -104,6 +104,7 @@ def fit(
     prepare: Callable[[Batch], Batch] | None = None,
     log_scalars: Callable[[str, int, dict], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    matmul_dtype: str = "float32",
 ) -> FitResult:
     """Train ``objective`` for ``stage.epochs`` (or its step / wall-clock budget).
 
@@ -117,7 +118,8 @@ def fit(
     at the cap (``stage.epochs`` / ``max_steps`` / ``max_seconds``). Resumes
     from ``checkpoint_dir``. ``on_step(step)`` is called after each optimizer
     step with the steps done so far (a resumed run starts counting at its
-    checkpoint's step), before any checkpoint of that step.
+    checkpoint's step), before any checkpoint of that step. The train steps' matmuls run in
+    ``matmul_dtype`` (:mod:`alad_jax.models.precision`); ``evaluate`` sees the float32 model.
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
     steps_per_epoch = len(batches_for_epoch(0))
@@ -126,7 +128,8 @@ def fit(
         total_steps = min(total_steps, stage.max_steps)
     optimizer = make_optimizer(stage, optim, total_steps)
 
-    state = create_train_state(graphdef, trainable, frozen, objective.loss_fn, optimizer, mesh)
+    state = create_train_state(graphdef, trainable, frozen, objective.loss_fn, optimizer, mesh,
+                               matmul_dtype=matmul_dtype)
     best = jax.tree_util.tree_map(jnp.copy, state.trainable)
 
     meta = {"step": 0, "best_score": None, "best_epoch": 0, "evals_since_best": 0, "history": [], "seconds": 0.0,

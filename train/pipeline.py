@@ -78,7 +78,7 @@ class Pipeline:
             objective, name=name, stage=stage, optim=self.cfg.optim, batches_for_epoch=batches_for_epoch,
             evaluate=evaluate, higher_is_better=higher_is_better, checkpoint_dir=self.workdir / "checkpoints" / name,
             seed=_seed(self.cfg, name), mesh=self.mesh, checkpoint_every=self.cfg.checkpoint_every,
-            prepare=prepare, log_scalars=self.logger.log,
+            prepare=prepare, log_scalars=self.logger.log, matmul_dtype=self.cfg.matmul_dtype,
         )
 
     # -- models ----------------------------------------------------------------------------------

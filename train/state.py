@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from alad_jax import sharding
+from alad_jax.models import precision
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -74,8 +75,10 @@ class TrainState:
     opt_state = _FlatTree()
 
     def __init__(self, graphdef, trainable: nnx.State, frozen: nnx.State, opt_state: optax.OptState,
-                 shardings: sharding.TrainShardings, step_fn: Callable, flat_step_fn: Callable):
+                 shardings: sharding.TrainShardings, step_fn: Callable, flat_step_fn: Callable, step_graphdef=None):
         self.graphdef, self.shardings, self.step_fn, self._flat_step_fn = graphdef, shardings, step_fn, flat_step_fn
+        # The graph the step runs (bfloat16 matmuls or not); ``graphdef`` is the model's own, float32.
+        self.step_graphdef = graphdef if step_graphdef is None else step_graphdef
         self.trainable, self.frozen, self.opt_state = trainable, frozen, opt_state
 
     def step(self, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
@@ -99,12 +102,15 @@ class TrainState:
 
 
 def create_train_state(graphdef, trainable: nnx.State, frozen: nnx.State, loss_fn: LossFn,
-                       optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+                       optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh, *,
+                       matmul_dtype: str = "float32") -> TrainState:
     """Places ``trainable`` / ``frozen`` on ``mesh`` by the sharding rules, creates the optimizer state
-    already sharded, and jits the step (see the module docstring)."""
+    already sharded, and jits the step (see the module docstring). The step's matmuls run in
+    ``matmul_dtype`` (:mod:`alad_jax.models.precision`); :meth:`TrainState.model` stays float32."""
+    step_graphdef = precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype)
     trainable, opt_state, shardings = sharding.init_train_state(trainable, optimizer, mesh)
     frozen = sharding.put(frozen, sharding.state_shardings(frozen, mesh))
-    step = make_train_step(graphdef, loss_fn, optimizer)
+    step = make_train_step(step_graphdef, loss_fn, optimizer)
     out_shardings = (shardings.params, shardings.opt_state, shardings.replicated)
     step_fn = jax.jit(step, out_shardings=out_shardings, donate_argnums=(0, 2))
     treedefs = tuple(jax.tree_util.tree_structure(t) for t in (trainable, frozen, opt_state))
@@ -121,11 +127,11 @@ def create_train_state(graphdef, trainable: nnx.State, frozen: nnx.State, loss_f
                        shardings.replicated),
         donate_argnums=(0, 2),
     )
-    return TrainState(graphdef, trainable, frozen, opt_state, shardings, step_fn, flat_step_fn)
+    return TrainState(graphdef, trainable, frozen, opt_state, shardings, step_fn, flat_step_fn, step_graphdef)
 
 
 def train_state_of(model: nnx.Module, trainable_filter, loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh) -> TrainState:
+                   mesh: jax.sharding.Mesh, *, matmul_dtype: str = "float32") -> TrainState:
     """:func:`create_train_state` of ``model`` split by ``trainable_filter`` (everything else frozen)."""
     graphdef, trainable, frozen = nnx.split(model, trainable_filter, ...)
-    return create_train_state(graphdef, trainable, frozen, loss_fn, optimizer, mesh)
+    return create_train_state(graphdef, trainable, frozen, loss_fn, optimizer, mesh, matmul_dtype=matmul_dtype)

@@ -1,0 +1,98 @@
+"""The train steps' matmul precision: float32, or bfloat16 operands with float32 accumulation.
+
+With ``matmul_dtype = "bfloat16"`` every ``nnx.Linear`` of a model (the
+encoder's projections and MLP, the AlAd's fc1/fc2, the heads) multiplies
+bfloat16-rounded operands and accumulates and returns float32; so do the two
+matmuls of its backward pass (activation and weight gradients, from the
+bfloat16-rounded cotangent). Everything else stays float32: parameters and
+optimizer state, the residual stream, LayerNorm, softmax and the attention
+score/context products (2-3% of the FLOPs), losses and gradients as stored.
+On this project's AVX512-BF16 CPU the step's matmuls run 1.35-1.9x faster
+that way (benchmarks/gemm_vs_torch.py) and whole fine-tune steps 1.2-1.35x.
+
+jax's own transpose of a bfloat16 x bfloat16 -> float32 ``dot_general``
+multiplies a float32 cotangent by a bfloat16 operand, which XLA:CPU runs in
+float32, and it rounds the weight gradient to bfloat16. :func:`bf16_matmul`
+has its own VJP instead: both backward matmuls take bfloat16 operands and
+return float32.
+
+Only the train step uses this (:func:`alad_train.state.create_train_state`
+builds its step from :func:`step_graphdef`): evaluation, saved models and
+serving keep float32, so a model's reported scores are its float32 scores.
+The tolerance it is held to is in ``tests/test_precision.py`` and README.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from alad_jax.errors import AladError
+
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
+@jax.custom_vjp
+def bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x [..., in] @ kernel [in, out]`` from bfloat16-rounded operands, accumulated and returned in float32."""
+    return jnp.matmul(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+    x16, kernel16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    # The bfloat16 operands are the residuals: half the memory of float32 ones.
+    return jnp.matmul(x16, kernel16, preferred_element_type=jnp.float32), (x16, kernel16)
+
+
+def _bf16_matmul_bwd(residuals, cotangent):
+    x16, kernel16 = residuals
+    g16 = cotangent.astype(jnp.bfloat16)
+    # Contractions named by dimension numbers, not by transposing and reshaping first: XLA:CPU then
+    # picks the layouts itself (1.24x the cached AlAd step of the .T / reshape form, measured).
+    dx = lax.dot_general(g16, kernel16, (((g16.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    rows = tuple(range(x16.ndim - 1))
+    dkernel = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
+    return dx, dkernel
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    """``nnx.Linear``'s ``dot_general`` slot: its one contraction (lhs's last axis with a 2-D kernel's first)
+    through :func:`bf16_matmul`. float32 in, float32 out, gradients float32."""
+    del precision, preferred_element_type  # the point of this function is to fix both
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2 or out_sharding is not None:
+        raise AladError(f"bf16_dot_general supports nnx.Linear's x[..., in] @ kernel[in, out] only, got dimension "
+                        f"numbers {dimension_numbers} with a {rhs.ndim}-d kernel; use matmul_dtype='float32'")
+    return bf16_matmul(lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+
+
+def check_matmul_dtype(dtype: str) -> str:
+    if dtype not in MATMUL_DTYPES:
+        raise AladError(f"matmul_dtype={dtype!r} is unknown: use one of {', '.join(MATMUL_DTYPES)}")
+    return dtype
+
+
+def step_graphdef(graphdef: nnx.GraphDef, *states: nnx.State, matmul_dtype: str) -> nnx.GraphDef:
+    """The graph a train step runs: ``graphdef`` itself for float32; for bfloat16, the same module with
+    every ``nnx.Linear`` on :func:`bf16_dot_general`. Merges with the same states (``nnx.split``'s
+    graphdef does not depend on its filters); the module ``graphdef`` describes is left as it is.
+
+    An AlAd switches to its explicit form (windows, then fc1 as a Linear): the fused form is a
+    convolution, which has no bfloat16 path here; explicit windows into a bfloat16 fc1 measured
+    1.26x the float32 fused step (cached AlAd step, 32 x 128 tokens).
+    """
+    from alad_jax.adapter import AlignmentAdapter
+
+    if check_matmul_dtype(matmul_dtype) == "float32":
+        return graphdef
+    module = nnx.merge(graphdef, *states)
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Linear):
+            node.dot_general = bf16_dot_general
+        elif isinstance(node, AlignmentAdapter):
+            node.impl = "explicit"
+    return nnx.graphdef(module)
