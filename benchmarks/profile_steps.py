@@ -49,7 +49,7 @@ def _median_ms(fn, reps: int) -> float:
 
 def phases(state, batch, reps: int) -> dict:
     """ms of forward (loss), forward + backward (value_and_grad), the whole step."""
-    graphdef, trainable, frozen = state.graphdef, state.trainable, state.frozen
+    graphdef, trainable, frozen = state.step_graphdef, state.trainable, state.frozen
     loss_fn = state.loss_fn
     key = jax.random.key(0)
 
@@ -214,7 +214,8 @@ def prng_impls(cfg, teacher, student, num_labels: int, reps: int) -> dict:
     for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
         state = train_state_of(bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels),
                                cases.TEACHER_FT.trainable, models.tagging_loss,
-                               make_optimizer(cfg.stages.teacher, cfg.optim, 1000), sharding.make_mesh())
+                               make_optimizer(cfg.stages.teacher, cfg.optim, 1000), sharding.make_mesh(),
+                               matmul_dtype=cfg.matmul_dtype)
         key = jax.random.key(0, impl=impl)
         jax.block_until_ready(state.step(batch, key))
         runs[impl] = (state, key)
@@ -253,7 +254,7 @@ def main() -> None:
         batch = bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
         model = bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels)
         state = train_state_of(model, cases.TEACHER_FT.trainable, models.tagging_loss,
-                               make_optimizer(cfg.stages.teacher, cfg.optim, 1000), mesh)
+                               make_optimizer(cfg.stages.teacher, cfg.optim, 1000), mesh, matmul_dtype=cfg.matmul_dtype)
         state.loss_fn = models.tagging_loss
         device_batch = jax.device_put(batch)
         print("teacher fine-tune 32x64 phases:", phases(state, device_batch, args.reps), flush=True)

@@ -99,6 +99,14 @@ def test_finetune_section_reports_every_case(report):
         assert spread["min"] <= tokens_per_s <= spread["max"]
         flops_per_s = tokens_per_s / (32 * 64) * report["finetune"]["gflop_per_step"][case]
         assert mfu == pytest.approx(flops_per_s / report["finetune"]["matmul_peak_gflops"], rel=1e-3)
+    # Every MFU divides by the peak of the dtype the steps multiply in.
+    dtype = report["matmul_dtype"]
+    assert report["finetune"]["matmul_dtype"] == dtype
+    assert report["matmul_peak_gflops"] == report["matmul_peak_gflops_by_dtype"][dtype]
+    if dtype == "bfloat16":  # our float32 steps ran beside the bfloat16 ones
+        for case in cases:
+            ratio = report["finetune_tokens_per_s"][case] / report["finetune"]["tokens_per_s_float32"][case]
+            assert report["ratios_bf16_vs_float32"][case] == pytest.approx(ratio, rel=1e-3)
     # The teacher (2 layers, width 32) costs more per token than the student (1 layer, width 16).
     gflop = report["finetune"]["gflop_per_step"]
     assert gflop["teacher"] > gflop["student_ft"] and gflop["joint"] > gflop["student_ft"]
@@ -146,6 +154,11 @@ def test_vs_torch_puts_every_step_ratio_in_one_place(report):
         assert 0 < per_rep["min"] <= per_rep["median"] <= per_rep["max"]
     for case in ("teacher", "student_ft", "joint"):  # the same steps the fine-tune section reports
         assert side[case]["alad_jax"] == pytest.approx(report["finetune_tokens_per_s"][case], rel=1e-3)
+    # PyTorch's autocast twins ran in the same interleaved reps: the ratio against them beside the float32 one.
+    autocast = report["ratios_vs_torch_bf16_autocast"]
+    assert set(autocast) == set(ratios)
+    for name, ratio in autocast.items():
+        assert ratio == pytest.approx(side[name]["alad_jax"] / side[name]["torch_bf16_autocast"], rel=1e-3)
 
 
 def test_vs_torch_without_torch_says_how_to_install(monkeypatch, capsys):

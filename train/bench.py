@@ -2,9 +2,11 @@
 
 Every figure is measured in this process, on this machine, in this run:
 
-- ``matmul_peak_gflops``: the best float32 ``jnp.dot`` rate over a few square
-  sizes, measured before the benchmarks and again right after the adapter
-  step (other processes' load moves it; the higher one is the peak);
+- ``matmul_peak_gflops``: the best ``jnp.dot`` rate over a few square sizes in
+  the train steps' matmul dtype (``matmul_dtype``: float32, or bfloat16 operands
+  with float32 accumulation), measured before the benchmarks and again right
+  after the adapter step (other processes' load moves it; the higher one is the
+  peak); every MFU divides by it. ``matmul_peak_gflops_by_dtype`` has both;
 - ``latency_ms``: p50/p95 of the jitted tagging forward (what ``alad predict``
   runs) at batch 1 and 32, seq 128, for the student (+ linear head), student
   + AlAd(K = 1, 3, 5) + head, and the teacher (+ head); the models run
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -118,12 +121,13 @@ def adapter_flops_per_token(window: int, student_dim: int, hidden: int, teacher_
 # --------------------------------------------------------------------------- timing helpers
 
 
-def _peak_gflops(effort: Effort) -> float:
-    """The best float32 matmul rate over ``effort.matmul_sizes`` (square ``jnp.dot``), GFLOP/s."""
-    dot = jax.jit(jnp.dot)
+def _peak_gflops(effort: Effort, dtype: str = "float32") -> float:
+    """The best matmul rate over ``effort.matmul_sizes`` (square ``jnp.dot`` of ``dtype`` operands, float32
+    accumulation and result), GFLOP/s."""
+    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
     best = 0.0
     for n in effort.matmul_sizes:
-        a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(n)))
+        a, b = (jax.random.normal(k, (n, n), dtype) for k in jax.random.split(jax.random.key(n)))
         dot(a, b).block_until_ready()
         seconds = min(_seconds(lambda: dot(a, b).block_until_ready()) for _ in range(effort.matmul_reps))
         best = max(best, 2 * n**3 / seconds / 1e9)
@@ -179,8 +183,9 @@ def _onnxruntime_latency(tagger: CompiledTagger, reps: dict, vocab: int) -> dict
 class _Trainer:
     """The pipeline's training state and step (alad_train.state), compiled ahead of time once per batch shape."""
 
-    def __init__(self, model: nnx.Module, trainable, loss_fn, optimizer):
-        self.state = train_state_of(model, trainable, loss_fn, optimizer, sharding.make_mesh())
+    def __init__(self, model: nnx.Module, trainable, loss_fn, optimizer, matmul_dtype: str = "float32"):
+        self.state = train_state_of(model, trainable, loss_fn, optimizer, sharding.make_mesh(),
+                                    matmul_dtype=matmul_dtype)
         self._compiled = {}
 
     @staticmethod
@@ -265,11 +270,11 @@ def _stage2(cfg: Config, teacher, student, rows, batches, workdir: Path) -> dict
                                 impl=cfg.adapter_impl, rngs=nnx.Rngs(cfg.seed))
 
     uncached = _Trainer(models.AlignModel(student, teacher, adapter()), cases.ALIGNMENT_TRAINS,
-                        models.align_loss, optimizer)
+                        models.align_loss, optimizer, cfg.matmul_dtype)
     uncached_s, uncached_losses, uncached_compile = uncached.epoch(batches)
     build_s = _seconds(lambda: HiddenCache.build(workdir / "cache", rows, student, teacher))
     cache = HiddenCache.build(workdir / "cache", rows, student, teacher)  # the one just written, memory-mapped
-    cached = _Trainer(adapter(), nnx.Param, models.cached_align_loss, optimizer)
+    cached = _Trainer(adapter(), nnx.Param, models.cached_align_loss, optimizer, cfg.matmul_dtype)
     cached_s, cached_losses, cached_compile = cached.epoch(batches, cache.gather)
     tokens = int(sum(b["attention_mask"].sum() for b in batches))
     padded = int(sum(b["attention_mask"].size for b in batches))
@@ -308,10 +313,13 @@ def _adapter_step(cfg: Config, student_dim: int, teacher_dim: int, effort: Effor
         return AlignmentAdapter(student_dim, teacher_dim, window, cfg.adapter_hidden, impl=impl, rngs=nnx.Rngs(0))
 
     chosen = adapter(cfg.adapter_impl).impl  # "auto" resolves to one of the two forms
+    if cfg.matmul_dtype == "bfloat16":
+        chosen = "explicit"  # the bfloat16 step runs the explicit form (alad_jax.models.precision)
     device_batch = jax.device_put(batch)
     by_impl = {}
-    for impl in (chosen, "explicit" if chosen == "fused" else "fused"):
-        trainer = _Trainer(adapter(impl), nnx.Param, models.cached_align_loss, optimizer)
+    impls = (chosen, "explicit" if chosen == "fused" else "fused") if cfg.matmul_dtype == "float32" else (chosen,)
+    for impl in impls:
+        trainer = _Trainer(adapter(impl), nnx.Param, models.cached_align_loss, optimizer, cfg.matmul_dtype)
         trainer.compile(batch)
         trainer.step(device_batch, jax.random.key(0))
         times = [_seconds(lambda: jax.block_until_ready(trainer.step(device_batch, jax.random.key(0))))
@@ -343,13 +351,15 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         batches = tasks.alignment_batches(rows, cfg, cfg.stages.continual, epoch=0)
         num_labels = len(task.vocab)
 
-        peak_before = _peak_gflops(effort)
+        peak_before = _peak_gflops(effort, cfg.matmul_dtype)
         latency_models = _latency_models(cfg, teacher, student, num_labels)
         latency = _latencies(latency_models, effort.latency_reps, teacher.config.vocab_size)
         onnx_latency = _onnxruntime_latency(latency_models["alad_w3"], effort.latency_reps, teacher.config.vocab_size)
         stage2 = _stage2(cfg, teacher, student, tasks.rows_of(rows), batches, workdir)
         step = _adapter_step(cfg, student.config.hidden_size, teacher.config.hidden_size, effort)
-        peak_after = _peak_gflops(effort)
+        peak_after = _peak_gflops(effort, cfg.matmul_dtype)
+        other = "float32" if cfg.matmul_dtype == "bfloat16" else "bfloat16"
+        peaks = {cfg.matmul_dtype: max(peak_before, peak_after), other: _peak_gflops(effort, other)}
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         def torch_worker(batch, align_batch, hidden):  # the PyTorch twins, in a process of their own
             return bench_torch.TorchWorker(cfg, teacher_dir, student_dir, num_labels, batch, align_batch, hidden,
@@ -391,8 +401,10 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         "teacher": cfg.teacher,
         "student": student_name,
         "seq_len": SEQ,
+        "matmul_dtype": cfg.matmul_dtype,
         "matmul_peak_gflops": peak,
         "matmul_gflops_before_after": [peak_before, peak_after],
+        "matmul_peak_gflops_by_dtype": peaks,
         "latency_ms": latency,
         "latency_overhead_vs_student": overhead,
         "onnxruntime_latency_ms": onnx_latency,

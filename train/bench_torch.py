@@ -62,15 +62,20 @@ def _optimizer(params, stage, optim):
                              weight_decay=stage.weight_decay, fused=True)
 
 
-def _trainer(module, loss_of, stage, optim):
-    """A blocking step: forward, loss, backward, global-norm clip, AdamW update."""
+def _trainer(module, loss_of, stage, optim, autocast: bool = False):
+    """A blocking step: forward, loss, backward, global-norm clip, AdamW update. ``autocast``: the forward
+    under ``torch.autocast("cpu", bfloat16)`` (PyTorch's mixed precision; backward follows its dtypes)."""
+    import contextlib
+
     import torch
 
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(params, stage, optim)
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
     def step(*inputs):
-        loss = loss_of(*inputs)
+        with precision():
+            loss = loss_of(*inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, optim.clip_norm)
@@ -98,7 +103,7 @@ def alignment_steps(cfg: Config, teacher_dir: Path, student_dir: Path):
     def masked_mse(pred, target, m):
         return (((pred - target) ** 2) * m).sum() / m.sum()
 
-    def build(batch: dict, hidden: dict) -> dict:
+    def build(batch: dict, hidden: dict, autocast: bool = False) -> dict:
         ids = torch.from_numpy(batch["input_ids"]).long()
         mask = torch.from_numpy(batch["attention_mask"]).long()
         m = mask.unsqueeze(-1).float()
@@ -113,8 +118,9 @@ def alignment_steps(cfg: Config, teacher_dir: Path, student_dir: Path):
 
         s_cached = torch.from_numpy(np.asarray(hidden["student_hidden"], np.float32))
         t_cached = torch.from_numpy(np.asarray(hidden["teacher_hidden"], np.float32))
-        return {"align_uncached": _trainer(uncached, uncached_loss, stage, optim),
-                "adapter_cached": _trainer(cached, lambda: masked_mse(cached(s_cached), t_cached, m), stage, optim)}
+        return {"align_uncached": _trainer(uncached, uncached_loss, stage, optim, autocast),
+                "adapter_cached": _trainer(cached, lambda: masked_mse(cached(s_cached), t_cached, m), stage, optim,
+                                           autocast)}
 
     return build
 
@@ -129,7 +135,7 @@ def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels
     torch.manual_seed(cfg.seed)
     teacher_dim = transformers.BertConfig.from_pretrained(str(teacher_dir)).hidden_size
 
-    def build(batch: dict) -> dict:
+    def build(batch: dict, autocast: bool = False) -> dict:
         ids = torch.from_numpy(batch["input_ids"]).long()
         mask = torch.from_numpy(batch["attention_mask"]).long()
         labels = torch.from_numpy(batch["labels"]).long().reshape(-1)
@@ -152,7 +158,7 @@ def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels
                 return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels,
                                                          ignore_index=-100)
 
-            steps[case.name] = _trainer(parts, loss_of, getattr(cfg.stages, case.stage), cfg.optim)
+            steps[case.name] = _trainer(parts, loss_of, getattr(cfg.stages, case.stage), cfg.optim, autocast)
         return steps
 
     return build
@@ -291,9 +297,16 @@ def _worker(workdir: Path) -> None:
                           head_dropout=spec["head_dropout"], optim=SimpleNamespace(**spec["optim"]),
                           stages=SimpleNamespace(**{k: SimpleNamespace(**v) for k, v in spec["stages"].items()}))
     teacher_dir, student_dir = Path(spec["teacher_dir"]), Path(spec["student_dir"])
-    steps = dict(finetune_steps(cfg, teacher_dir, student_dir, spec["num_labels"])(part("ft_")))
-    if "al_input_ids" in arrays:
-        steps.update(alignment_steps(cfg, teacher_dir, student_dir)(part("al_"), part("hid_")))
+    from alad_train.bench_steps import TORCH_AUTOCAST
+
+    steps = {}
+    finetune = finetune_steps(cfg, teacher_dir, student_dir, spec["num_labels"])
+    align = alignment_steps(cfg, teacher_dir, student_dir) if "al_input_ids" in arrays else None
+    for autocast, suffix in ((False, ""), (True, TORCH_AUTOCAST)):
+        built = dict(finetune(part("ft_"), autocast=autocast))
+        if align is not None:
+            built.update(align(part("al_"), part("hid_"), autocast=autocast))
+        steps.update({name + suffix: step for name, step in built.items()})
     for step in steps.values():  # warm-up: allocator and oneDNN primitive creation, like our compilation
         step()
         step()
