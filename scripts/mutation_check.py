@@ -124,6 +124,18 @@ MUTATIONS = (
           "    return -(per_row * real).sum() / jnp.maximum(real.sum(), 1.0), {}"),),
         (QA_LEARNS,),
     ),
+    Mutation(
+        "bf16-step-loses-weight-gradients", "the bfloat16 matmul's backward returns no weight gradient",
+        (("alad_jax/models/precision.py", "    return dx, dkernel\n", "    return dx, jnp.zeros_like(dkernel)\n"),),
+        ("tests/test_precision.py", PIPELINE_LEARNS),
+    ),
+    Mutation(
+        "bf16-graph-leaks-into-evaluation", "the step's bfloat16 graph is set on the model the loop evaluates and saves",
+        (("train/state.py", "        self.step_graphdef = graphdef if step_graphdef is None else step_graphdef\n",
+          "        self.step_graphdef = graphdef if step_graphdef is None else step_graphdef\n"
+          "        self.graphdef = self.step_graphdef\n"),),
+        ("tests/test_precision.py",),
+    ),
 )
 
 
@@ -186,7 +198,7 @@ def main() -> int:
         _copy_repo(base)
         for m in chosen:  # every target must exist before anything runs
             probe = Path(tmp) / "dry-run"
-            shutil.copytree(base, probe)
+            shutil.copytree(base, probe, symlinks=True)
             _apply(probe, m)
             shutil.rmtree(probe)
         if not args.no_baseline:
@@ -201,7 +213,9 @@ def main() -> int:
         rows = []
         for m in chosen:
             copy = Path(tmp) / m.name
-            shutil.copytree(base, copy)
+            # symlinks=True: the copy's alad_train must stay a link to its own (mutated) train/, not
+            # become a real, unmutated copy of base's.
+            shutil.copytree(base, copy, symlinks=True)
             _apply(copy, m)
             code, seconds, cpu, last = _pytest(copy, m.tests)
             result = "caught" if code == 1 else ("MISSED" if code == 0 else f"ERROR (pytest exit {code})")
