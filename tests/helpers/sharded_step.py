@@ -1,6 +1,6 @@
 """Worker: train the tiny model on one device and on several meshes of 8 simulated CPU devices.
 
-    python tests/helpers/sharded_step.py --meshes 8,1 4,2 2,4 --steps 2
+    python tests/helpers/sharded_step.py --meshes 8,1 4,2 2,4 --steps 2 [--matmul-dtype bfloat16]
 
 Prints one JSON object: the single-device losses, and per mesh its losses,
 the largest parameter / optimizer-state difference to the single-device run,
@@ -44,10 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--meshes", nargs="+", required=True, help="data,fsdp pairs")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--matmul-dtype", default="float32")
     args = parser.parse_args()
     assert jax.device_count() == 8, jax.devices()
 
-    history, trainable, opt_state = tiny.train_single_device(args.steps)
+    history, trainable, opt_state = tiny.train_single_device(args.steps, matmul_dtype=args.matmul_dtype)
     ref_params, ref_opt = tiny.flat_numpy(trainable), tiny.flat_numpy(opt_state)
 
     report = {
@@ -58,7 +59,7 @@ def main() -> None:
     for text in args.meshes:
         data, fsdp = (int(v) for v in text.split(","))
         mesh = sharding.make_mesh(sharding.MeshConfig(data=data, fsdp=fsdp))
-        history, trainable, frozen, opt_state, _ = tiny.train_sharded(mesh, args.steps)
+        history, trainable, frozen, opt_state, _ = tiny.train_sharded(mesh, args.steps, matmul_dtype=args.matmul_dtype)
         arrays = {**_by_path(trainable), **_by_path(frozen)}
         opt = _by_path(opt_state)
         report["meshes"][text] = {

@@ -22,6 +22,7 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.modeling import build_encoder
+from alad_jax.models import precision
 from alad_train.state import create_train_state, make_train_step
 
 ROWS, SEQ, NUM_LABELS = 16, 8, 5
@@ -103,14 +104,14 @@ def step_key(step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(42), step)
 
 
-def train_single_device(steps: int, seed: int = 0):
+def train_single_device(steps: int, seed: int = 0, matmul_dtype: str = "float32"):
     """Reference: ``steps`` steps under a plain jit on one device.
 
     Returns (history, trainable, opt_state): history is one ``{"loss", "grad_norm"}`` per step.
     """
     graphdef, trainable, frozen, tx = init(seed)
     opt_state = jax.jit(tx.init)(trainable)
-    step_fn = jax.jit(make_step(graphdef, tx))
+    step_fn = jax.jit(make_step(precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype), tx))
     history = []
     for i in range(steps):
         trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, make_batch(i), step_key(i))
@@ -118,14 +119,15 @@ def train_single_device(steps: int, seed: int = 0):
     return history, trainable, opt_state
 
 
-def train_sharded(mesh, steps: int, seed: int = 0, rows: slice = slice(None)):
+def train_sharded(mesh, steps: int, seed: int = 0, rows: slice = slice(None), matmul_dtype: str = "float32"):
     """``steps`` steps over ``mesh`` through the training state factory ``fit`` uses, feeding
     ``make_batch(i)[rows]`` from this process.
 
     Returns (history, trainable, frozen, opt_state, shardings), arrays still on the mesh.
     """
     graphdef, trainable, frozen, tx = init(seed)
-    state = create_train_state(graphdef, trainable, frozen, lambda m, b, k: (loss_fn(m, b, k), {}), tx, mesh)
+    state = create_train_state(graphdef, trainable, frozen, lambda m, b, k: (loss_fn(m, b, k), {}), tx, mesh,
+                               matmul_dtype=matmul_dtype)
     history = []
     for i in range(steps):
         local = {k: v[rows] for k, v in make_batch(i).items()}
