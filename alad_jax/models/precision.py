@@ -8,7 +8,8 @@ bfloat16-rounded cotangent). Everything else stays float32: parameters and
 optimizer state, the residual stream, LayerNorm, softmax and the attention
 score/context products (2-3% of the FLOPs), losses and gradients as stored.
 On this project's AVX512-BF16 CPU the step's matmuls run 1.35-1.9x faster
-that way (benchmarks/gemm_vs_torch.py) and whole fine-tune steps 1.2-1.35x.
+that way (benchmarks/gemm_vs_torch.py) and whole train steps 1.5-1.8x
+(``alad bench``: ``ratios_bf16_vs_float32``).
 
 jax's own transpose of a bfloat16 x bfloat16 -> float32 ``dot_general``
 multiplies a float32 cotangent by a bfloat16 operand, which XLA:CPU runs in
