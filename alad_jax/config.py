@@ -20,6 +20,8 @@ from typing import Any
 
 from alad_jax.errors import AladError
 
+MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions (alad_jax.models.precision)
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -176,8 +178,8 @@ class Config:
                 raise AladError(f"config key 'windows' holds {k}; window sizes must be odd and positive (1, 3, 5, ...)")
         if len(set(self.windows)) != len(self.windows):
             raise AladError(f"config key 'windows' repeats a size: {self.windows}")
-        if self.matmul_dtype not in ("float32", "bfloat16"):
-            raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use float32 or bfloat16")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use {' or '.join(MATMUL_DTYPES)}")
         if self.alignment.level not in ("token", "word"):
             raise AladError(f"config key 'alignment.level' is {self.alignment.level!r}; use token or word")
         if self.student_layers < 0:
