@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from alad_jax.data.batching import pad_rows
+from alad_jax.data.batching import pack_rows
 from alad_jax.errors import AladError
 
 BF16 = ml_dtypes.bfloat16
@@ -56,9 +56,10 @@ def fingerprint_rows(rows: Sequence[np.ndarray]) -> str:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, input_ids, attention_mask, token_type_ids):
+def _encode(graphdef, state, input_ids, attention_mask, token_type_ids, segment_ids, position_ids):
     encoder = nnx.merge(graphdef, state)
-    return encoder(input_ids, attention_mask, token_type_ids).last_hidden_state.astype(jnp.bfloat16)
+    return encoder(input_ids, attention_mask, token_type_ids, segment_ids=segment_ids,
+                   position_ids=position_ids).last_hidden_state.astype(jnp.bfloat16)
 
 
 def _publish(path: Path, parts: dict[str, np.ndarray], offsets: np.ndarray, num_rows: int) -> None:
@@ -112,26 +113,39 @@ def _writer_is_gone(tmp: Path) -> bool:
 
 def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: Sequence[np.ndarray] | None,
                  batch_size: int, buckets: Sequence[int] | None) -> np.ndarray:
-    """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``."""
+    """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``.
+
+    The rows are packed (:func:`alad_jax.data.batching.pack_rows`) into blocks of
+    ``batch_size`` rows of the largest bucket (without buckets, or when a row is longer:
+    the power of two, at least 16, that holds the longest row): one compiled shape, almost no padding, and each row
+    computed as if it were alone (block-diagonal attention, its own positions).
+    """
     graphdef, state = nnx.split(encoder)
     lengths = np.array([len(r) for r in rows], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
-    # Longest first, in fixed-size blocks padded to the block's longest row.
-    order = np.argsort(-lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        longest = int(lengths[idx].max())
-        fits = [b for b in buckets or () if b >= longest]
-        # A few fixed widths bound recompiles.
-        width_t = min(fits) if fits else 1 << max(4, (longest - 1).bit_length())
-        ids = pad_rows([rows[i] for i in idx], width_t, num_rows=batch_size)
-        mask = pad_rows([np.ones(lengths[i], np.int32) for i in idx], width_t, num_rows=batch_size)
-        segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,
-                            num_rows=batch_size)
-        hidden = np.asarray(_encode(graphdef, state, ids, mask, segments))
-        for r, i in enumerate(idx):
-            out[offsets[i]:offsets[i + 1]] = hidden[r, :lengths[i]]
+    longest = int(lengths.max())
+    width = max(buckets) if buckets and longest <= max(buckets) else 1 << max(4, (longest - 1).bit_length())
+    packed = pack_rows(lengths, width)
+    for start in range(0, len(packed), batch_size):
+        arrays = {k: np.zeros((batch_size, width), np.int32) for k in ("ids", "mask", "types", "segments", "positions")}
+        placed = []  # (row, packed row, first position)
+        for r, members in enumerate(packed[start:start + batch_size]):
+            at = 0
+            for k, i in enumerate(members):
+                span = slice(at, at + lengths[i])
+                arrays["ids"][r, span] = rows[i]
+                arrays["mask"][r, span] = 1
+                if token_types is not None:
+                    arrays["types"][r, span] = token_types[i]
+                arrays["segments"][r, span] = k + 1
+                arrays["positions"][r, span] = np.arange(lengths[i])
+                placed.append((i, r, at))
+                at += lengths[i]
+        hidden = np.asarray(_encode(graphdef, state, arrays["ids"], arrays["mask"], arrays["types"],
+                                    arrays["segments"], arrays["positions"]))
+        for i, r, at in placed:
+            out[offsets[i]:offsets[i + 1]] = hidden[r, at:at + lengths[i]]
     return out
 
 
@@ -218,21 +232,39 @@ class HiddenCache:
         ``batch["feature_index"]`` ``[B]`` names each row's cached sequence (-1:
         a padding row); ``attention_mask`` must count exactly that sequence's
         tokens, which catches a batch paired with another data set's cache.
+        A packed batch (``packed_index`` and ``position_ids`` ``[B, L]``:
+        :func:`alad_jax.data.batching.make_packed_batches`) names each position's
+        sequence and place in it instead.
         """
-        rows = np.asarray(batch["feature_index"])
-        length = batch["input_ids"].shape[1]
-        start = self.offsets[np.maximum(rows, 0)]
-        lengths = np.where(rows >= 0, self.offsets[np.maximum(rows, 0) + 1] - start, 0)
-        real = np.asarray(batch["attention_mask"]).sum(axis=1)
-        if np.any(lengths != real):
-            bad = int(np.argmax(lengths != real))
-            raise AladError(
-                f"hidden cache: batch row {bad} (sequence {rows[bad]}) has {real[bad]} tokens, the cache holds "
-                f"{lengths[bad]}; the batch was made from other rows than the cache, rebuild it from the same rows"
-            )
-        positions = np.arange(length)
-        valid = positions[None, :] < lengths[:, None]
-        index = np.where(valid, start[:, None] + positions[None, :], 0)  # [B, L] rows of the token arrays
+        if "packed_index" in batch:
+            rows = np.asarray(batch["packed_index"])
+            valid = rows >= 0
+            start = self.offsets[np.maximum(rows, 0)]
+            lengths = self.offsets[np.maximum(rows, 0) + 1] - start
+            positions = np.asarray(batch["position_ids"])
+            if np.any(valid & (positions >= lengths)):
+                bad = tuple(np.argwhere(valid & (positions >= lengths))[0])
+                raise AladError(
+                    f"hidden cache: packed batch position {bad} is token {positions[bad]} of sequence {rows[bad]}, "
+                    f"which the cache holds with {lengths[bad]} tokens; the batch was made from other rows than "
+                    "the cache, rebuild it from the same rows"
+                )
+            index = np.where(valid, start + positions, 0)
+        else:
+            rows = np.asarray(batch["feature_index"])
+            length = batch["input_ids"].shape[1]
+            start = self.offsets[np.maximum(rows, 0)]
+            lengths = np.where(rows >= 0, self.offsets[np.maximum(rows, 0) + 1] - start, 0)
+            real = np.asarray(batch["attention_mask"]).sum(axis=1)
+            if np.any(lengths != real):
+                bad = int(np.argmax(lengths != real))
+                raise AladError(
+                    f"hidden cache: batch row {bad} (sequence {rows[bad]}) has {real[bad]} tokens, the cache holds "
+                    f"{lengths[bad]}; the batch was made from other rows than the cache, rebuild it from the same rows"
+                )
+            positions = np.arange(length)
+            valid = positions[None, :] < lengths[:, None]
+            index = np.where(valid, start[:, None] + positions[None, :], 0)  # [B, L] rows of the token arrays
         out = {}
         for name, table in (("student_hidden", self.student), ("teacher_hidden", self.teacher)):
             hidden = table[index.reshape(-1)].reshape(*index.shape, table.shape[1])

@@ -152,6 +152,10 @@ class Config:
     adapter_impl: str = "auto"
     matmul_dtype: str = "bfloat16"  # train steps' matmuls: bfloat16 operands, float32 accumulation; or float32
     cache_features: bool = True  # stages 1-2: compute frozen hidden states once
+    # Tagging fine-tunes, token-level cached alignment, their evaluation and the feature cache run on
+    # packed rows (several sentences per row of max_length, block-diagonal attention): one shape, little
+    # padding. QA rows (whole windows) and word-level alignment keep length buckets.
+    packing: bool = True
     max_length: int = 64  # longer sentences become overlapping windows (tagging); qa: question + context
     stride: int = 16  # overlap of those windows (tagging) / document stride (qa)
     max_query_length: int = 64

@@ -106,8 +106,8 @@ MUTATIONS = (
     ),
     Mutation(
         "cache-ignores-token-types", "the feature cache encodes QA rows as one segment (all token types 0)",
-        (("alad_jax/cache.py", "        segments = pad_rows([token_types[i] if token_types is not None else () for i in idx], width_t,",
-          "        segments = pad_rows([() for i in idx], width_t,"),),
+        (("alad_jax/cache.py", '                    arrays["types"][r, span] = token_types[i]\n',
+          "                    pass\n"),),
         ("tests/test_cache.py::test_cached_states_see_each_rows_segment_ids",),
     ),
     Mutation(
@@ -135,6 +135,25 @@ MUTATIONS = (
           "        self.step_graphdef = graphdef if step_graphdef is None else step_graphdef\n"
           "        self.graphdef = self.step_graphdef\n"),),
         ("tests/test_precision.py",),
+    ),
+    Mutation(
+        "packed-attention-crosses-sentences", "packed rows attend across their sentences (no block-diagonal mask)",
+        (("alad_jax/models/modeling.py",
+          "            attended = attended & (segment_ids[:, :, None] == segment_ids[:, None, :])\n",
+          "            pass\n"),),
+        ("tests/test_packing.py",),
+    ),
+    Mutation(
+        "packing-leaves-no-gap", "packed sentences sit back to back: AlAd windows reach into the next sentence",
+        (("alad_jax/data/batching.py", "                at += n + gap\n", "                at += n\n"),),
+        ("tests/test_packing.py",),
+    ),
+    Mutation(
+        "packed-positions-run-on", "the task model drops packed position ids: a row's later sentences start mid-row",
+        (("alad_jax/models/task_model.py",
+          'segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"),',
+          'segment_ids=batch.get("segment_ids"),'),),
+        ("tests/test_packing.py",),
     ),
 )
 

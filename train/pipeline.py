@@ -252,7 +252,8 @@ class Pipeline:
         dev_prepare = self._encoder_hidden("dev") if cached else None
         result = self._fit(
             name, Objective(model, case.trainable, task.loss_fn), stage_cfg,
-            lambda epoch: task.train_batches(stage_cfg, epoch), lambda m: task.evaluate(m, "dev", dev_prepare),
+            lambda epoch: task.train_batches(stage_cfg, epoch, tasks.pack_gap(model)),
+            lambda m: task.evaluate(m, "dev", dev_prepare),
             higher_is_better=True, prepare=train_prepare,
         )
         best = result.model
@@ -301,7 +302,8 @@ class Pipeline:
             adapter = import_reference(self.adapter_path(window, "align"), impl=cfg.adapter_impl)
         train_rows, val_rows, train_teacher, val_teacher = self._alignment_rows(stage)
         stage_cfg = getattr(cfg.stages, stage)
-        val_batches = tasks.alignment_eval_batches(val_rows, cfg)
+        gap = window // 2 if tasks.packs_alignment(cfg, train_teacher.level) else None
+        val_batches = tasks.alignment_eval_batches(val_rows, cfg, gap)
         if cfg.cache_features and stage == "continual":
             train_cache, val_cache = self.task_cache("train"), self.task_cache("dev")
         elif cfg.cache_features:
@@ -328,7 +330,7 @@ class Pipeline:
             return sq / max(count, 1), {"mse": sq / max(count, 1), "cosine": cos / max(count, 1)}
 
         result = self._fit(name, objective, stage_cfg,
-                           lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch),
+                           lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch, gap),
                            evaluate, higher_is_better=False, prepare=prepare)
         best = distributed.host_copy(result.model if cfg.cache_features else result.model.adapter)
         with distributed.primary_writes(name) as writer:
@@ -387,7 +389,9 @@ class Pipeline:
                 f"batch of {cfg.eval_batch_size} test rows padded to max_length {cfg.max_length}, every row's saved "
                 f"model timed in turn (interleaved)",
                 f"alignment features cached: {cfg.cache_features}",
-            ],
+            ] + ([f"packed batches: fine-tunes and their evaluation run on rows of {cfg.max_length} positions "
+                  "holding several sentences (block-diagonal attention, positions restarting per sentence)"]
+                 if cfg.packing and cfg.task != "qa" else []),
             "alignment": alignment,
             "rows": out_rows,
             "metric_scale": 100 if cfg.task == "qa" else 1,

@@ -36,6 +36,8 @@ class TaggingTask:
     features: dict[str, tagging.TaggingFeatures]
     vocab: tagging.LabelVocab
     notes: list[str]
+    _packed_rows: dict = dataclasses.field(default_factory=dict, repr=False)
+    _eval_batches: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def metric(self) -> str:
@@ -93,12 +95,38 @@ class TaggingTask:
 
     loss_fn = staticmethod(models.tagging_loss)
 
-    def train_batches(self, stage: StageConfig, epoch: int) -> list[Batch]:
-        return _batches(self.features["train"], self.cfg, stage, epoch=epoch, shuffle=True)
+    def train_batches(self, stage: StageConfig, epoch: int, gap: int = 0) -> list[Batch]:
+        """An epoch's batches: packed (``cfg.packing``; ``gap`` empty positions after each sentence) or bucketed."""
+        if not self.cfg.packing:
+            return _batches(self.features["train"], self.cfg, stage, epoch=epoch, shuffle=True)
+        if stage.batch_size <= 0:
+            raise AladError("packed tagging batches count sentences: set stages.*.batch_size "
+                            "(token_budget is for alignment), or packing = false")
+        multiple = int(np.lcm(jax.process_count(), jax.device_count()))
+        key = (stage.batch_size, gap, multiple)
+        if key not in self._packed_rows:  # the same for every epoch: the packing depends on lengths only
+            self._packed_rows[key] = batching.packed_rows_per_batch(
+                [len(r) for r in self.features["train"].input_ids], stage.batch_size, self.cfg.max_length,
+                gap=gap, multiple=multiple)
+        return batching.make_packed_batches(
+            self.features["train"], rows_per_batch=self._packed_rows[key], length=self.cfg.max_length, gap=gap,
+            shuffle=True, seed=self.cfg.seed, epoch=epoch, process_index=jax.process_index(),
+            process_count=jax.process_count(), row_multiple=jax.device_count())
 
-    def eval_batches(self, split: str) -> list[Batch]:
-        return batching.make_batches(self.features[split], batch_size=self.cfg.eval_batch_size,
-                                     buckets=batching.length_buckets(self.cfg.max_length))
+    def eval_batches(self, split: str, gap: int = 0) -> list[Batch]:
+        """A split's batches for evaluation: packed rows of ``eval_batch_size`` (one shape for every split),
+        or bucketed rows."""
+        key = (split, gap)
+        if key not in self._eval_batches:
+            if self.cfg.packing:
+                self._eval_batches[key] = batching.make_packed_batches(
+                    self.features[split], rows_per_batch=self.cfg.eval_batch_size, length=self.cfg.max_length,
+                    gap=gap, share_evenly=False)
+            else:
+                self._eval_batches[key] = batching.make_batches(
+                    self.features[split], batch_size=self.cfg.eval_batch_size,
+                    buckets=batching.length_buckets(self.cfg.max_length))
+        return self._eval_batches[key]
 
     def text_rows(self, split: str) -> tagging.TaggingFeatures:
         """The split's token rows, labels dropped (what continual alignment reads)."""
@@ -111,18 +139,26 @@ class TaggingTask:
         """
         graphdef, state = nnx.split(model)
         feats = self.features[split]
-        predictions: list[np.ndarray | None] = [None] * len(feats.input_ids)
-        for batch in self.eval_batches(split):
-            ids = np.asarray(task_model.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
-            for row, index in enumerate(batch["feature_index"]):
-                if index >= 0:
-                    predictions[index] = ids[row, :len(feats.input_ids[index])]
+        batches = self.eval_batches(split, pack_gap(model))
+        outputs = [np.asarray(task_model.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
+                   for batch in batches]
+        if self.cfg.packing:
+            predictions = batching.rows_from_packed(batches, outputs, len(feats.input_ids))
+        else:
+            predictions = batching.rows_from_batches(batches, outputs, len(feats.input_ids))
         words = tagging.stitch_predictions(feats, predictions)
         labels = self.vocab.labels
         pred = [[labels[i] for i in sent] for sent in words]
         gold = [list(s.tags) for s in self.sentences[split]]
         metrics = tagging_scores(self.cfg.task, gold, pred)
         return float(metrics[self.metric]), metrics
+
+
+def pack_gap(model: nnx.Module) -> int:
+    """Empty positions a packed batch needs after each sentence for ``model``: half its AlAd's window
+    (so no window reaches into the next sentence), 0 without an AlAd."""
+    adapter = getattr(model, "adapter", None)
+    return adapter.window // 2 if adapter is not None else 0
 
 
 def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: bool) -> list[Batch]:
@@ -133,12 +169,33 @@ def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: 
     )
 
 
-def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int) -> list[Batch]:
-    return _batches(features, cfg, stage, epoch=epoch, shuffle=True)
+def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int, gap: int | None = None) -> list[Batch]:
+    """An alignment stage's batches: packed rows (``gap`` empty positions after each sentence: see
+    :func:`packs_alignment`) of ``token_budget // max_length`` rows, or bucketed rows (``gap=None``)."""
+    if gap is None:
+        return _batches(features, cfg, stage, epoch=epoch, shuffle=True)
+    if stage.token_budget <= 0:
+        raise AladError("packed alignment batches hold token_budget positions: set stages.align/continual.token_budget")
+    return batching.make_packed_batches(
+        features, rows_per_batch=max(stage.token_budget // cfg.max_length, 1), length=cfg.max_length, gap=gap,
+        shuffle=True, seed=cfg.seed, epoch=epoch, process_index=jax.process_index(),
+        process_count=jax.process_count(), row_multiple=jax.device_count())
 
 
-def alignment_eval_batches(features, cfg: Config) -> list[Batch]:
-    return batching.make_batches(features, batch_size=cfg.eval_batch_size, buckets=batching.length_buckets(cfg.max_length))
+def alignment_eval_batches(features, cfg: Config, gap: int | None = None) -> list[Batch]:
+    """Validation batches of an alignment stage (packed when ``gap`` is not None), and the cosine's."""
+    if gap is None:
+        return batching.make_batches(features, batch_size=cfg.eval_batch_size,
+                                     buckets=batching.length_buckets(cfg.max_length))
+    return batching.make_packed_batches(features, rows_per_batch=cfg.eval_batch_size, length=cfg.max_length, gap=gap,
+                                        share_evenly=False)
+
+
+def packs_alignment(cfg: Config, teacher_level: str) -> bool:
+    """Whether an alignment stage trains on packed rows: with ``packing``, from the feature cache (the
+    cache gathers packed positions), aligning token by token (``teacher_level`` same or token; word-level
+    targets are gathered per row)."""
+    return cfg.packing and cfg.cache_features and cfg.task != "qa" and teacher_level in ("same", "token")
 
 
 def rows_of(features) -> Sequence[np.ndarray]:
@@ -181,7 +238,9 @@ class QATask:
 
     loss_fn = staticmethod(models.qa_loss)
 
-    def train_batches(self, stage: StageConfig, epoch: int) -> list[Batch]:
+    def train_batches(self, stage: StageConfig, epoch: int, gap: int = 0) -> list[Batch]:
+        """An epoch's batches of whole question windows (never packed: they fill max_length already)."""
+        del gap
         if stage.batch_size <= 0:
             raise AladError("task qa batches by questions: set stages.*.batch_size (token_budget is for alignment)")
         return qa.make_qa_batches(self.features["train"], **qa.process_share(stage.batch_size, jax.device_count()),

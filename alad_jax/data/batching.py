@@ -222,3 +222,165 @@ def rows_from_batches(batches: Sequence[Batch], outputs: Sequence[np.ndarray], n
     if missing:
         raise ValueError(f"{len(missing)} feature rows have no output (first: {missing[:5]}); pass every batch")
     return rows
+
+
+# -- sequence packing -----------------------------------------------------------------------------
+#
+# A packed row holds several feature rows end to end, each followed by ``gap`` empty positions
+# (attention mask 0): ``segment_ids`` (1, 2, ... within a packed row, 0 at empty positions) make
+# attention block-diagonal, ``position_ids`` restart at 0 for every feature row, and the gap keeps
+# an AlAd window of K <= 2 * gap + 1 tokens inside its own sentence (the AlAd zeroes masked
+# neighbours, so a window at a sentence's edge sees zeros, as at a batch edge). A packed batch thus
+# computes every feature row exactly as a padded batch does, on (almost) no padding and one shape.
+
+
+def pack_rows(lengths: Sequence[int], capacity: int, *, gap: int = 0, order: Sequence[int] | None = None
+              ) -> list[list[int]]:
+    """Feature rows packed into as few rows of ``capacity`` positions as best-fit decreasing finds.
+
+    Row ``i`` takes ``lengths[i]`` positions plus ``gap`` empty ones after it (the
+    gap may run past the packed row's end). Rows are placed longest first, ties in
+    ``order`` (default: index order), each into the fullest packed row that has room.
+    The number of packed rows depends on the lengths only, not on ``order``.
+    Returns the packed rows as lists of row indices, in placement order.
+    """
+    if capacity < 1 or gap < 0:
+        raise AladError(f"packing: capacity={capacity} must be positive and gap={gap} non-negative")
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and (lengths.max() > capacity or lengths.min() < 1):
+        bad = int(np.argmax((lengths > capacity) | (lengths < 1)))
+        raise AladError(f"packing: row {bad} has {lengths[bad]} tokens; rows must hold 1 to {capacity} tokens")
+    rank = np.empty(len(lengths), np.int64)
+    rank[np.asarray(order if order is not None else np.arange(len(lengths)), np.int64)] = np.arange(len(lengths))
+    placed = np.lexsort((rank, -lengths))  # longest first, ties by `order`
+    room = capacity + gap  # a row's trailing gap may run past the end
+    by_free: list[list[int]] = [[] for _ in range(room + 1)]  # free positions -> packed rows (stacks)
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for row in placed:
+        need = int(lengths[row]) + gap
+        target = next((f for f in range(need, room + 1) if by_free[f]), None)
+        if target is None:
+            bins.append([])
+            free.append(room)
+            index = len(bins) - 1
+        else:
+            index = by_free[target].pop()
+        bins[index].append(int(row))
+        free[index] -= need
+        by_free[free[index]].append(index)
+    return bins
+
+
+def packed_rows_per_batch(lengths: Sequence[int], batch_size: int, capacity: int, *, gap: int = 0,
+                          multiple: int = 1) -> int:
+    """Packed rows per batch so that a batch holds ``batch_size`` feature rows on average.
+
+    ``batch_size * packed / feature rows``, rounded, at least one, rounded up to ``multiple``.
+    """
+    packed = len(pack_rows(lengths, capacity, gap=gap))
+    rows = max(round(batch_size * packed / max(len(lengths), 1)), 1)
+    return -(-rows // multiple) * multiple
+
+
+def make_packed_batches(
+    features: TaggingFeatures,
+    *,
+    rows_per_batch: int,
+    length: int,
+    gap: int = 0,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    row_multiple: int = 1,
+    pad_id: int = 0,
+    share_evenly: bool = True,
+) -> list[Batch]:
+    """This process's share of every packed batch: ``rows_per_batch`` packed rows of ``length`` positions.
+
+    The feature rows are packed by :func:`pack_rows` (ties shuffled from
+    ``(seed, epoch)``), the packed rows shuffled and shared evenly among
+    ``ceil(packed / rows_per_batch)`` batches, each filled with empty rows to one
+    shape (the largest share rounded up to a multiple of ``process_count`` and
+    ``row_multiple``). Every epoch has the same number of batches. ``share_evenly=False``
+    fills every batch but the last and gives every batch ``rows_per_batch`` rows (one shape
+    for any data: evaluation). Keys, ``[b, length]``:
+
+    - ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``: as :func:`make_batches`
+    - ``segment_ids`` int32: 1, 2, ... per feature row within a packed row, 0 at empty positions
+    - ``position_ids`` int32: the position within its feature row (0 at empty positions)
+    - ``packed_index`` int32: the feature row of each position, -1 at empty positions
+    """
+    if not 0 <= process_index < process_count:
+        raise AladError(f"batching: process_index={process_index} must be in [0, {process_count})")
+    if rows_per_batch < 1:
+        raise AladError(f"packing: rows_per_batch={rows_per_batch} must be positive")
+    lengths = [len(ids) for ids in features.input_ids]
+    rng = np.random.default_rng((seed, epoch))
+    order = rng.permutation(len(lengths)) if shuffle else None
+    bins = pack_rows(lengths, length, gap=gap, order=order)
+    if shuffle:
+        bins = [bins[i] for i in rng.permutation(len(bins))]
+    multiple = int(np.lcm(process_count, row_multiple))
+    count = -(-len(bins) // rows_per_batch)
+    if share_evenly:
+        base, extra = divmod(len(bins), count)
+        per_batch = -(-(base + (extra > 0)) // multiple) * multiple
+    else:
+        base, extra = rows_per_batch, 0
+        per_batch = -(-rows_per_batch // multiple) * multiple
+    segments = getattr(features, "token_type_ids", None)
+    batches, start = [], 0
+    for i in range(count):
+        chunk = bins[start : start + base + (i < extra)]
+        start += len(chunk)
+        share = per_batch // process_count
+        local = (chunk + [[]] * (per_batch - len(chunk)))[process_index * share : (process_index + 1) * share]
+        batch = {
+            "input_ids": np.full((share, length), pad_id, np.int32),
+            "attention_mask": np.zeros((share, length), np.int32),
+            "token_type_ids": np.zeros((share, length), np.int32),
+            "labels": np.full((share, length), IGNORE_INDEX, np.int32),
+            "segment_ids": np.zeros((share, length), np.int32),
+            "position_ids": np.zeros((share, length), np.int32),
+            "packed_index": np.full((share, length), -1, np.int32),
+        }
+        for r, rows in enumerate(local):
+            at = 0
+            for k, row in enumerate(rows):
+                n = lengths[row]
+                span = slice(at, at + n)
+                batch["input_ids"][r, span] = features.input_ids[row]
+                batch["attention_mask"][r, span] = 1
+                if segments is not None:
+                    batch["token_type_ids"][r, span] = segments[row]
+                batch["labels"][r, span] = features.labels[row]
+                batch["segment_ids"][r, span] = k + 1
+                batch["position_ids"][r, span] = np.arange(n)
+                batch["packed_index"][r, span] = row
+                at += n + gap
+        batches.append(batch)
+    return batches
+
+
+def rows_from_packed(batches: Sequence[Batch], outputs: Sequence[np.ndarray], num_rows: int) -> list[np.ndarray]:
+    """Per-batch outputs ``[B, L, ...]`` of packed batches -> per-feature-row outputs ``[len_i, ...]``.
+
+    The packed counterpart of :func:`rows_from_batches` (one process holding every row).
+    """
+    rows, positions, values = [], [], []
+    for batch, output in zip(batches, outputs, strict=True):
+        real = batch["packed_index"] >= 0
+        rows.append(batch["packed_index"][real])
+        positions.append(batch["position_ids"][real])
+        values.append(np.asarray(output)[real])
+    rows, positions, values = np.concatenate(rows), np.concatenate(positions), np.concatenate(values)
+    order = np.lexsort((positions, rows))
+    counts = np.bincount(rows, minlength=num_rows)
+    if len(counts) > num_rows or not counts.all():
+        missing = np.flatnonzero(counts[:num_rows] == 0)
+        raise ValueError(f"{len(missing)} feature rows have no output (first: {missing[:5].tolist()}); "
+                         "pass every packed batch")
+    return np.split(values[order], np.cumsum(counts)[:-1])

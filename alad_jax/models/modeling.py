@@ -117,16 +117,25 @@ class Embeddings(nnx.Module):
         self.norm = _layer_norm(config, dtype, rngs)
         self.dropout = nnx.Dropout(config.hidden_dropout)
 
-    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
-        """input_ids, token_type_ids: int [batch, seq] -> [batch, seq, hidden]."""
+    def __call__(self, input_ids, token_type_ids, offsets=None, *, deterministic: bool, rngs):
+        """input_ids, token_type_ids: int [batch, seq] -> [batch, seq, hidden].
+
+        ``offsets``: int [batch, seq], each token's place in its own sequence (packed
+        rows restart it per sequence); None: the place in the row.
+        """
         x = self.word_embeddings(input_ids)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(self.position_ids(input_ids))
+        x = x + self.position_embeddings(self.position_ids(input_ids, offsets))
         return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
-    def position_ids(self, input_ids):
+    def position_ids(self, input_ids, offsets=None):
         """int [batch, seq] (or [1, seq] when positions do not depend on the ids)."""
+        if offsets is not None:  # packed rows: each sequence's positions as if it were alone
+            if not self.positions_from_ids:
+                return offsets
+            real = (input_ids != MPNET_PADDING_IDX).astype(jnp.int32)
+            return (offsets + 1) * real + MPNET_PADDING_IDX
         if not self.positions_from_ids:
             # 0, 1, ..., seq-1 counted from the ids' shape rather than jnp.arange(seq): the same
             # numbers, and it converts to ONNX with a dynamic sequence length (jax2onnx 0.17 cannot
@@ -152,7 +161,8 @@ class SelfAttention(nnx.Module):
         self.dropout = nnx.Dropout(config.attention_dropout)
 
     def __call__(self, x, attention_bias, position_bias=None, *, deterministic: bool, rngs):
-        """x: [batch, seq, hidden]; attention_bias: float32 [batch, seq] added to key scores;
+        """x: [batch, seq, hidden]; attention_bias: float32 [batch, 1 or seq, seq] added to the scores
+        (of every query, or per query);
         position_bias: float32 [heads, seq, seq] added to every row's scores, or None."""
         batch, seq, _ = x.shape
         heads = lambda y: y.reshape(batch, seq, self.num_heads, self.head_dim)
@@ -162,7 +172,7 @@ class SelfAttention(nnx.Module):
         scores = scores.astype(jnp.float32)
         if position_bias is not None:
             scores = scores + position_bias[None]
-        scores = scores + attention_bias[:, None, None, :]
+        scores = scores + attention_bias[:, None, :, :]
         probs = jax.nn.softmax(scores, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic, rngs=rngs).astype(v.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, -1)
@@ -223,6 +233,8 @@ class TransformerEncoder(nnx.Module):
         deterministic: bool = True,
         rngs: jax.Array | None = None,
         output_hidden_states: bool = False,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
     ) -> EncoderOutput:
         """Token states of a padded batch.
 
@@ -234,6 +246,10 @@ class TransformerEncoder(nnx.Module):
           deterministic: False applies dropout, drawn from `rngs`.
           rngs: a PRNG key, required when `deterministic` is False.
           output_hidden_states: also return the embeddings and every layer's output.
+          segment_ids: int [batch, seq] or None. Packed rows (:mod:`alad_jax.data.batching`):
+            tokens attend only to tokens of their own segment (>= 1); 0 marks padding.
+          position_ids: int [batch, seq] or None: each token's place in its own sequence, for
+            packed rows whose sequences each start at 0; None: the place in the row.
 
         Returns:
           EncoderOutput with last_hidden_state [batch, seq, hidden].
@@ -253,10 +269,16 @@ class TransformerEncoder(nnx.Module):
             )
 
         embedding_key, *layer_keys = _split_key(rngs, len(self.layers) + 1)
-        # Additive mask over keys: 0 where attended, the most negative float32 where padded.
-        attention_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(jnp.float32).min)
+        # Additive mask: 0 where attended, the most negative float32 where padded; [batch, 1, seq]
+        # (the same keys for every query) or, packed, [batch, seq, seq] (a query's own segment).
+        attended = (attention_mask > 0)[:, None, :]
+        if segment_ids is not None:
+            chex.assert_equal_shape([input_ids, segment_ids])
+            attended = attended & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        attention_bias = jnp.where(attended, 0.0, jnp.finfo(jnp.float32).min)
         position_bias = self.position_bias(input_ids.shape[1])
-        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=embedding_key)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic=deterministic,
+                            rngs=embedding_key)
         hidden_states = [x]
         for layer, key in zip(self.layers, layer_keys):
             x = layer(x, attention_bias, position_bias, deterministic=deterministic, rngs=key)

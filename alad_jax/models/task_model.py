@@ -30,7 +30,10 @@ class TaskModel(nnx.Module):
         """Token representations fed to the head: [batch, seq, Dt] (AlAd output) or the encoder's.
 
         A frozen encoder's output may come precomputed in ``batch["encoder_hidden"]``
-        ([batch, seq, D], from the feature cache); it is then not run.
+        ([batch, seq, D], from the feature cache); it is then not run. Packed batches
+        (``segment_ids``, ``position_ids``: :func:`alad_jax.data.batching.make_packed_batches`)
+        compute every packed sequence as if it were alone; their gaps keep the AlAd's
+        windows inside each sequence.
         """
         if "encoder_hidden" in batch and not self.train_encoder:
             out = batch["encoder_hidden"].astype(jnp.float32)
@@ -39,6 +42,7 @@ class TaskModel(nnx.Module):
             out = self.encoder(
                 batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                 deterministic=deterministic or not self.train_encoder, rngs=enc_key,
+                segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"),
             ).last_hidden_state
         if self.adapter is not None:
             out = self.adapter(out, batch["attention_mask"])
