@@ -28,6 +28,7 @@ from flax import nnx
 
 from alad_jax.data.batching import pack_rows
 from alad_jax.errors import AladError
+from alad_jax.models import precision
 
 BF16 = ml_dtypes.bfloat16
 
@@ -112,15 +113,17 @@ def _writer_is_gone(tmp: Path) -> bool:
 
 
 def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: Sequence[np.ndarray] | None,
-                 batch_size: int, buckets: Sequence[int] | None) -> np.ndarray:
+                 batch_size: int, buckets: Sequence[int] | None, matmul_dtype: str = "float32") -> np.ndarray:
     """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``.
 
     The rows are packed (:func:`alad_jax.data.batching.pack_rows`) into blocks of
     ``batch_size`` rows of the largest bucket (without buckets, or when a row is longer:
     the power of two, at least 16, that holds the longest row): one compiled shape, almost no padding, and each row
-    computed as if it were alone (block-diagonal attention, its own positions).
+    computed as if it were alone (block-diagonal attention, its own positions). Its matmuls
+    run in ``matmul_dtype`` (:func:`alad_jax.models.precision.step_graphdef`).
     """
     graphdef, state = nnx.split(encoder)
+    graphdef = precision.step_graphdef(graphdef, state, matmul_dtype=matmul_dtype)
     lengths = np.array([len(r) for r in rows], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
@@ -180,7 +183,8 @@ class HiddenCache:
               *, token_types: Sequence[np.ndarray] | None = None, batch_size: int = 64,
               buckets: Sequence[int] | None = None, teacher_rows: Sequence[np.ndarray] | None = None,
               teacher_words: Sequence[np.ndarray] | None = None,
-              student_words: Sequence[np.ndarray] | None = None) -> "HiddenCache":
+              student_words: Sequence[np.ndarray] | None = None,
+              matmul_dtype: str = "float32") -> "HiddenCache":
         """Load the cache for (student, teacher, rows) from ``directory``, computing it if absent.
 
         ``rows`` are token id arrays (special tokens included), one per sequence;
@@ -195,11 +199,16 @@ class HiddenCache:
         token, the mean teacher state of its word (0 where the teacher lacks it),
         so it is gathered like a token-level cache and pooling it again over the
         student's sub-words gives the teacher's word mean.
+
+        ``matmul_dtype="bfloat16"`` computes the states with bfloat16 matmul operands
+        (float32 accumulation), as the train steps that read them multiply; they are
+        stored as bfloat16 either way. It is part of the cache's key.
         """
         key = hashlib.blake2b(
             "|".join([fingerprint_encoder(student), fingerprint_encoder(teacher), fingerprint_rows(rows)]
                      + ([fingerprint_rows(token_types)] if token_types is not None else [])
                      + [fingerprint_rows(x) for x in (teacher_rows, teacher_words, student_words) if x is not None]
+                     + ([f"matmul={matmul_dtype}"] if matmul_dtype != "float32" else [])
                      ).encode(),
             digest_size=12,
         ).hexdigest()
@@ -211,7 +220,7 @@ class HiddenCache:
         for name, encoder in (("student", student), ("teacher", teacher)):
             encoder_rows = rows if name == "student" or teacher_rows is None else teacher_rows
             parts[name] = _encode_rows(encoder, encoder_rows, None if encoder_rows is not rows else token_types,
-                                       batch_size, buckets)
+                                       batch_size, buckets, matmul_dtype)
         if teacher_words is not None:
             parts["teacher"] = _words_to_student_tokens(parts["teacher"], teacher_rows, teacher_words, student_words)
         if parts["teacher"].shape[0] != offsets[-1]:

@@ -230,7 +230,7 @@ class Pipeline:
             self._task_caches[split] = HiddenCache.build(
                 self.workdir / "cache", tasks.rows_of(features), self.load_student(), teacher,
                 token_types=features.token_type_ids, buckets=batching.length_buckets(self.cfg.max_length),
-                **self.teacher_rows(split).cache_kwargs())
+                matmul_dtype=self.cfg.matmul_dtype, **self.teacher_rows(split).cache_kwargs())
         return self._task_caches[split]
 
     def _encoder_hidden(self, split: str):
@@ -257,7 +257,9 @@ class Pipeline:
             higher_is_better=True, prepare=train_prepare,
         )
         best = result.model
-        dev_score, dev_metrics = task.evaluate(best, "dev")
+        # A fit that selected on the full model already scored exactly this one on dev; one that
+        # selected on the cached student's output did not.
+        dev_score, dev_metrics = task.evaluate(best, "dev") if cached else _best_evaluation(result)
         test_score, test_metrics = task.evaluate(best, "test")
         if self.cfg.task == "qa":  # both headline numbers, as SQuAD reports them
             dev_score = {"f1": dev_metrics["f1"], "exact": dev_metrics["exact"]}
@@ -309,9 +311,9 @@ class Pipeline:
         elif cfg.cache_features:
             cache_dir, buckets = self.workdir / "cache", batching.length_buckets(cfg.max_length)
             train_cache = HiddenCache.build(cache_dir, tasks.rows_of(train_rows), student, teacher, buckets=buckets,
-                                            **train_teacher.cache_kwargs())
+                                            matmul_dtype=cfg.matmul_dtype, **train_teacher.cache_kwargs())
             val_cache = HiddenCache.build(cache_dir, tasks.rows_of(val_rows), student, teacher, buckets=buckets,
-                                          **val_teacher.cache_kwargs())
+                                          matmul_dtype=cfg.matmul_dtype, **val_teacher.cache_kwargs())
         if cfg.cache_features:
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
             prepare, val_prepare = _then(train_teacher, train_cache.gather), _then(val_teacher, val_cache.gather)
@@ -365,8 +367,9 @@ class Pipeline:
 
         ``prepare`` may supply a frozen student's cached output (then only AlAd runs).
         """
-        cache = self.task_cache("test")
-        batches = tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg)
+        cache, level = self.task_cache("test"), self.teacher_rows("test").level
+        gap = model.adapter.window // 2 if tasks.packs_alignment(self.cfg, level) else None
+        batches = tasks.alignment_eval_batches(self.task.text_rows("test"), self.cfg, gap)
         # At word level: per word (the cache holds the teacher's word means at the student's tokens).
         words = lambda batch: self.teacher_rows("test").add_to_batch(batch, teacher_ids=False)
         return measure.token_cosine_to_teacher(model, batches, cache, prepare, with_words=words)
@@ -410,6 +413,12 @@ def _stopping(result) -> dict:
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "padding": None if result.padding is None else round(result.padding, 4), "positions": result.positions,
             "history": result.history}
+
+
+def _best_evaluation(result) -> tuple[float, dict]:
+    """(score, metrics) of the best epoch's evaluation, as ``evaluate`` returned them."""
+    record = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    return record["dev"], {k: v for k, v in record.items() if k not in ("epoch", "dev", "step", "train_loss")}
 
 
 def _padding(stages: list[dict]) -> float | None:
