@@ -27,10 +27,12 @@ import multihost_run as mh  # noqa: E402
 pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 1800  # a hung collective must fail the test, not block CI
-# Relative to the score's size (at least 1): accuracies and F1 agree to 1e-4 absolute, the alignment MSEs
-# (~10-20) to 1e-4 relative. With bfloat16 step matmuls the rounding turns float32's reduction-order
-# differences between one and two processes (~1e-7) into ~1e-5 relative in the MSEs (measured: 4e-5 at most).
-TOLERANCE = 1e-4
+# Relative to the score's size (at least 1): accuracies and F1 agree to 3e-4 absolute, the alignment MSEs
+# (~10-20) to 3e-4 relative. One and two processes reduce in different orders (~1e-7 apart in float32:
+# measured 3.5e-7 at most over every number of this run with matmul_dtype=float32); bfloat16 step and
+# cache matmuls round those differences and training carries them on (measured: 1.05e-4 at most, the
+# stage-2 MSE on packed rows). One word scored differently moves an accuracy here by ~3e-3 (12 sentences).
+TOLERANCE = 3e-4
 
 
 @pytest.fixture(scope="module")
