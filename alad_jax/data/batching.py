@@ -60,6 +60,20 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     )
 
 
+def _split(n: int, most: int, multiple: int, *, evenly: bool = True) -> tuple[list[slice], int]:
+    """``n`` items in ``ceil(n / most)`` batches: (each batch's slice, the rows every batch is padded to).
+
+    ``evenly``: shared evenly (sizes differ by at most one, so no batch is mostly padding);
+    otherwise full batches of ``most`` and a shorter last one. The padded size is the largest
+    batch (``most`` when not even) rounded up to ``multiple``.
+    """
+    count = -(-n // most)
+    base, extra = divmod(n, count) if evenly else (most, 0)
+    bounds = np.minimum(np.cumsum([0] + [base + (i < extra) for i in range(count)]), n)
+    per_batch = -(-(base + (extra > 0)) // multiple) * multiple
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])], per_batch
+
+
 def _rows_per_batch(length: int, batch_size: int | None, token_budget: int | None) -> int:
     """Most real rows in a global batch: ``batch_size``, or the whole rows the token budget holds (at least one)."""
     if batch_size is not None:
@@ -122,13 +136,9 @@ def plan_batches(
         # As many batches as full ones of `real` rows need, the rows shared evenly among them (sizes
         # differ by at most one): a bucket's last batch is not mostly empty rows, and every batch of
         # the bucket keeps one shape, the largest share rounded up to the multiple.
-        count = -(-len(rows) // _rows_per_batch(length, batch_size, token_budget))
-        base, extra = divmod(len(rows), count)
-        per_batch = -(-(base + (extra > 0)) // multiple) * multiple
-        start = 0
-        for i in range(count):
-            chunk = rows[start : start + base + (i < extra)]
-            start += len(chunk)
+        spans, per_batch = _split(len(rows), _rows_per_batch(length, batch_size, token_budget), multiple)
+        for span in spans:
+            chunk = rows[span]
             plan.append((length, np.pad(chunk, (0, per_batch - len(chunk)), constant_values=-1)))
     if shuffle:
         plan = [plan[i] for i in rng.permutation(len(plan))]
@@ -324,18 +334,11 @@ def make_packed_batches(
     if shuffle:
         bins = [bins[i] for i in rng.permutation(len(bins))]
     multiple = int(np.lcm(process_count, row_multiple))
-    count = -(-len(bins) // rows_per_batch)
-    if share_evenly:
-        base, extra = divmod(len(bins), count)
-        per_batch = -(-(base + (extra > 0)) // multiple) * multiple
-    else:
-        base, extra = rows_per_batch, 0
-        per_batch = -(-rows_per_batch // multiple) * multiple
+    spans, per_batch = _split(len(bins), rows_per_batch, multiple, evenly=share_evenly)
     segments = getattr(features, "token_type_ids", None)
-    batches, start = [], 0
-    for i in range(count):
-        chunk = bins[start : start + base + (i < extra)]
-        start += len(chunk)
+    batches = []
+    for span in spans:
+        chunk = bins[span]
         share = per_batch // process_count
         local = (chunk + [[]] * (per_batch - len(chunk)))[process_index * share : (process_index + 1) * share]
         batch = {
