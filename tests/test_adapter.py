@@ -173,6 +173,18 @@ def test_align_mse_matches_numpy_and_ignores_pad_garbage():
     assert float(align_mse(pred, target, mask)) == pytest.approx(float(want), rel=1e-6)
 
 
+def test_alignment_eval_sums_ignore_pad_garbage_and_add_up_to_the_mse():
+    from alad_train.models import alignment_sums
+
+    pred, target, mask = _loss_inputs()
+    want_sq = sum(((pred[b, t] - target[b, t]) ** 2).sum() for b in range(2) for t in range(5) if mask[b, t])
+    pred[1, 3:] = np.nan
+    sq, _, count = alignment_sums(pred, target, {"attention_mask": mask})
+    assert float(count) == mask.sum()
+    assert float(sq) == pytest.approx(float(want_sq), rel=1e-6)
+    assert float(sq) / float(count) == pytest.approx(float(align_mse(pred, target, mask)), rel=1e-6)
+
+
 def test_losses_are_zero_not_nan_without_tokens():
     pred, target, _ = _loss_inputs()
     empty = np.zeros((2, 5), np.int32)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from alad_jax.adapter import AlignmentAdapter, align_mse, token_cosine_sum, word_align_mse, word_cosine_sum
+from alad_jax.adapter import (AlignmentAdapter, align_mse, align_sq_sum, token_cosine_sum, word_align_mse,
+                              word_align_sq_sum, word_cosine_sum)
 from alad_jax.models.task_model import TaskModel
 
 IGNORE_INDEX = -100
@@ -69,11 +70,12 @@ def alignment_sums(pred: jax.Array, target: jax.Array, batch: dict) -> tuple[jax
     words = _word_args(pred, target, batch)
     if words is None:
         mask = batch["attention_mask"]
-        sq = (((pred - target) ** 2).sum(-1) * mask).sum()
+        sq, _ = align_sq_sum(pred, target, mask)
         cos, count = token_cosine_sum(pred, target, mask)
         return sq, cos, count
+    sq, _ = word_align_sq_sum(*words)
     cos, count = word_cosine_sum(*words)
-    return word_align_mse(*words) * jnp.maximum(count, 1.0), cos, count
+    return sq, cos, count
 
 
 def tagging_loss(model: TaskModel, batch: dict, key: jax.Array):

@@ -3,11 +3,13 @@
 from alad_jax.adapter.interop import adapter_param_report, export_reference, import_reference
 from alad_jax.adapter.losses import (
     align_mse,
+    align_sq_sum,
     cosine_loss,
     pool_words,
     token_cosine,
     token_cosine_sum,
     word_align_mse,
+    word_align_sq_sum,
     word_cosine,
     word_cosine_sum,
 )
@@ -17,6 +19,7 @@ __all__ = [
     "AlignmentAdapter",
     "adapter_param_report",
     "align_mse",
+    "align_sq_sum",
     "cosine_loss",
     "export_reference",
     "extract_windows",
@@ -25,6 +28,7 @@ __all__ = [
     "token_cosine",
     "token_cosine_sum",
     "word_align_mse",
+    "word_align_sq_sum",
     "word_cosine",
     "word_cosine_sum",
 ]

@@ -40,17 +40,28 @@ def _check(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     return mask != 0
 
 
+def align_sq_sum(pred: jax.Array, target: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed per-token squared distance and the token count, to accumulate over batches.
+
+    Args: pred, target ``[batch, seq, dim]``; mask ``[batch, seq]``.
+    Returns: ``(sum_{b,t,d} mask (pred-target)^2, sum_{b,t} mask)``, float32 scalars; the
+    reference's MSE over a data set is ``sum(sq_sum) / sum(n_tokens)``.
+    """
+    keep = _check(pred, target, mask)
+    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    # where, not a product with the mask: padded positions may hold NaN or inf.
+    sq_dist = jnp.sum(jnp.where(keep[..., None], diff, 0.0) ** 2, axis=-1)  # [batch, seq]
+    return jnp.sum(sq_dist), jnp.sum(keep, dtype=jnp.float32)
+
+
 def align_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
     """Per-token squared distance averaged over real tokens (the reference's MSE).
 
     Args: pred, target ``[batch, seq, dim]``; mask ``[batch, seq]``.
     Returns: float32 scalar ``sum_{b,t,d} mask (pred-target)^2 / sum_{b,t} mask``.
     """
-    keep = _check(pred, target, mask)
-    diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
-    sq_dist = jnp.sum(jnp.where(keep[..., None], diff, 0.0) ** 2, axis=-1)  # [batch, seq]
-    n_tokens = jnp.sum(keep, dtype=jnp.float32)
-    return jnp.sum(sq_dist) / jnp.maximum(n_tokens, 1.0)
+    sq_sum, n_tokens = align_sq_sum(pred, target, mask)
+    return sq_sum / jnp.maximum(n_tokens, 1.0)
 
 
 def _per_token_cosine(pred: jax.Array, target: jax.Array, keep: jax.Array) -> jax.Array:
@@ -135,8 +146,16 @@ def word_align_mse(
       float32 scalar ``sum_{b,w} |mean_pred[b,w] - mean_target[b,w]|^2 / #words``
       over the words both sides have; 0 when there are none.
     """
+    sq_sum, n_words = word_align_sq_sum(pred, target, pred_word_ids, target_word_ids, num_words)
+    return sq_sum / jnp.maximum(n_words, 1.0)
+
+
+def word_align_sq_sum(
+    pred: jax.Array, target: jax.Array, pred_word_ids: jax.Array, target_word_ids: jax.Array, num_words: int
+) -> tuple[jax.Array, jax.Array]:
+    """Summed per-word squared distance and the word count (arguments as :func:`word_align_mse`)."""
     pred_words, target_words, both = _pool_pair(pred, target, pred_word_ids, target_word_ids, num_words)
-    return align_mse(pred_words, target_words, both)
+    return align_sq_sum(pred_words, target_words, both)
 
 
 def word_cosine_sum(
