@@ -100,7 +100,7 @@ def test_artifact_runs_in_a_process_without_flax_or_model_code(predictor, export
         for name in ("flax", "transformers", "torch", "alad_jax.models", "alad_jax.adapter", "train"):
             sys.modules[name] = None  # any import of these now fails
         import numpy as np
-        from alad_jax.inference.export import load_exported
+        from alad_jax.inference.serving import load_exported
         batch = np.load({str(tmp_path / "batch.npz")!r}, allow_pickle=False)
         logits, _ = load_exported({str(exported_dir)!r})(batch["ids"], batch["mask"])
         print(float(np.abs(np.asarray(logits) - batch["want"]).max()))

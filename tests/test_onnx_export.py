@@ -13,7 +13,8 @@ from alad_jax.adapter import AlignmentAdapter
 from alad_train.cli import main as alad
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, save_aligned_model
-from alad_jax.inference.export import export_model, load_exported
+from alad_jax.inference.export import export_model
+from alad_jax.inference.serving import load_exported
 from alad_jax.inference.predictor import QAPredictor, load_aligned_model
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
 from alad_jax.models.heads import QAHead

@@ -7,6 +7,7 @@ declared dependencies under the pinned constraints into a new venv (no editable 
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -52,8 +53,16 @@ def _conllu_blocks(start: int, stop: int) -> str:
 
 @pytest.mark.slow
 def test_installed_wheel_runs_and_predicts(tmp_path):
+    # Built from a copy of the sources: setuptools reuses a checkout's build/ folder, whose stale
+    # modules would end up in the wheel.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in SOURCES.values():
+        shutil.copytree(folder, source / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels)])
+    _run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(wheels)])
     (wheel,) = wheels.glob("alad_jax-*.whl")
 
     venv = tmp_path / "venv"

@@ -19,7 +19,7 @@ from alad_train import cases
 def resolve_model(path: str | Path, case: str = cases.DEFAULT.name, window: int | None = None) -> Path:
     """``path`` itself when it holds a saved model or a serving artifact; for a work directory, the
     saved model of ``case`` (and ``window``) in it."""
-    from alad_jax.inference.export import SERVING_JSON
+    from alad_jax.inference.serving import SERVING_JSON
 
     path = Path(path)
     if (path / MODEL_JSON).is_file() or (path / SERVING_JSON).is_file():
@@ -48,7 +48,7 @@ def _file_format(path: str, fmt: str | None) -> str:
 
 def main(args) -> int:
     """word<TAB>label lines, a blank line between sentences (stdout or --out); QA: one answer a line."""
-    from alad_jax.inference.export import SERVING_JSON
+    from alad_jax.inference.serving import SERVING_JSON
 
     if Path(args.model).suffix == ".onnx":  # an `alad export --format onnx` file, run by onnxruntime
         from alad_jax.inference.onnx_export import onnx_predictor

@@ -4,10 +4,11 @@
   (the one directory format every run hands over and serves);
 - :mod:`~alad_jax.inference.predictor`: :class:`Predictor` (words in, labels out, bucketed
   shapes) and :class:`QAPredictor`;
-- :mod:`~alad_jax.inference.export`: ``export_predictor`` / ``load_exported``
-  (``jax.export`` StableHLO, reloadable with jax alone).
+- :mod:`~alad_jax.inference.export`: ``export_predictor`` / ``export_model`` (write a
+  ``jax.export`` StableHLO artifact);
+- :mod:`~alad_jax.inference.serving`: ``load_exported`` (read it back with jax alone).
 
-Names resolve on first use, so ``import alad_jax.inference.export`` (a server
+Names resolve on first use, so ``import alad_jax.inference.serving`` (a server
 that only runs the artifact) does not import flax or the model code.
 """
 
@@ -21,9 +22,10 @@ _EXPORTS = {
     "load_aligned_model": "saved_model",
     "load_info": "saved_model",
     "save_aligned_model": "saved_model",
-    "ExportedTagger": "export",
+    "ExportedTagger": "serving",
+    "export_model": "export",
     "export_predictor": "export",
-    "load_exported": "export",
+    "load_exported": "serving",
 }
 
 __all__ = sorted(_EXPORTS)

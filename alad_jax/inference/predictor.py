@@ -23,6 +23,7 @@ from flax import nnx
 from alad_jax.data import batching, qa, readers, sources, tagging
 from alad_jax.errors import AladError
 from alad_jax.inference.saved_model import MODEL_JSON, STUDENT_DIR, load_aligned_model
+from alad_jax.inference.serving import SERVING_JSON, ExportedSpans, load_exported
 from alad_jax.models import hub
 from alad_jax.models.task_model import TaskModel, predict_spans
 
@@ -118,8 +119,6 @@ class Predictor:
     @classmethod
     def from_exported(cls, path: str | os.PathLike) -> Predictor:
         """A serving artifact written by :func:`alad_jax.inference.export.export_predictor`."""
-        from alad_jax.inference.export import load_exported
-
         exported = load_exported(path)
         if not hasattr(exported, "labels"):
             raise AladError(f"{path} is a QA serving artifact; answer questions with QAPredictor.from_exported "
@@ -131,8 +130,6 @@ class Predictor:
     @classmethod
     def open(cls, path: str | os.PathLike) -> Predictor:
         """A saved aligned model or an exported serving artifact, by what ``path`` holds."""
-        from alad_jax.inference.export import SERVING_JSON
-
         path = Path(path)
         if (path / MODEL_JSON).is_file():
             return cls.from_dir(path)
@@ -234,8 +231,6 @@ class QAPredictor:
     @classmethod
     def from_exported(cls, path: str | os.PathLike) -> QAPredictor:
         """A QA serving artifact written by :func:`alad_jax.inference.export.export_model`."""
-        from alad_jax.inference.export import ExportedSpans, load_exported
-
         exported = load_exported(path)
         if not isinstance(exported, ExportedSpans):
             raise AladError(f"{path} is a tagging artifact; use Predictor.from_exported for word labels")
