@@ -2,7 +2,9 @@
 
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
-    alad predict --model DIR_OR_ONNX (--text "..." | --words W1 W2 ... | --file FILE|-) [--output-format conllu|conll|jsonl]
+    alad predict --model DIR_OR_EXPORT (--text "..." | --words W1 W2 ... | --file FILE|-)
+                 [--out PATH] [--output-format conll|conllu|jsonl]
+    alad --version
     alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
     alad bench [KEY=VALUE ...]
 

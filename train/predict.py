@@ -144,7 +144,7 @@ def _conllu_lines(sentence: _Sentence, labels: Sequence[str], column: str) -> li
     return lines
 
 
-def write_predictions(sentences: Sequence[_Sentence], labels: Sequence[Sequence[str]], fmt: str, out, *,
+def _write(sentences: Sequence[_Sentence], labels: Sequence[Sequence[str]], fmt: str, out, *,
                       column: str = "upos") -> None:
     """``conll``: word<TAB>label lines, a blank line between sentences; ``conllu``: every sentence's
     lines and a blank line after each; ``jsonl``: one JSON object a line."""
@@ -175,8 +175,8 @@ def _label(predictor, args) -> int:
     labels = predictor.predict_words([list(s.words) for s in sentences])
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            write_predictions(sentences, labels, fmt, f, column=args.column)
+            _write(sentences, labels, fmt, f, column=args.column)
         print(f"wrote {len(sentences)} sentences to {args.out}", file=sys.stderr)
     else:
-        write_predictions(sentences, labels, fmt, sys.stdout, column=args.column)
+        _write(sentences, labels, fmt, sys.stdout, column=args.column)
     return 0

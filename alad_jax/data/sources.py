@@ -8,10 +8,13 @@ through here: the pipeline's task splits and stage-1 corpus, ``alad predict
 - :func:`read_task_split`: one labelled split of the config's ``data`` section;
 - :func:`read_corpus`: the stage-1 sentences of ``corpus.paths``, labels dropped;
 - :func:`read_sentences`: a file of sentences to label (text, CoNLL or CoNLL-U);
+- :func:`read_conllu_to_label`: a CoNLL-U file to label, its lines kept for writing it back;
 - :func:`read_dataset`: any reader by format name, with its options checked.
 
-A file given as ``conll`` that holds CoNLL-U (or the reverse) is refused
-with one line naming the format it looks like. With ``skip_malformed`` a
+Every file's encoding is checked before its format is guessed (a UTF-16
+file is refused as not UTF-8, not as some other format). A file given as
+``conll`` that holds CoNLL-U (or the reverse) is refused with one line naming
+the format it looks like. With ``skip_malformed`` a
 malformed sentence is skipped and reported (:class:`Skipped`) instead of
 stopping the run at its file:line.
 """
@@ -58,7 +61,7 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def looks_like(path: str | Path | readers.InMemoryFile) -> str | None:
+def looks_like(path: readers.Source) -> str | None:
     """``"conllu"`` or ``"conll"`` from the first word lines of ``path``, None when it cannot tell.
 
     CoNLL-U: 10 tab-separated columns whose first is a word id (``1``, ``1-2``, ``1.1``).
@@ -79,7 +82,7 @@ def looks_like(path: str | Path | readers.InMemoryFile) -> str | None:
     return None
 
 
-def _check_format(path, fmt: str, setting: str) -> None:
+def _check_format(path: readers.Source, fmt: str, setting: str) -> None:
     """Refuses a CoNLL-U file read as ``conll`` (or the reverse), naming what it looks like.
 
     ``setting`` is where the user chose ``fmt`` (``data.format``, ``--format``): the line says to change it.
@@ -137,7 +140,7 @@ def read_corpus(corpus) -> list[TaggedSentence]:
     return [TaggedSentence(s.words, None, s.source) for s in sentences]
 
 
-def read_sentences(path: str | Path | readers.InMemoryFile, fmt: str = "text") -> list[TaggedSentence]:
+def read_sentences(path: readers.Source, fmt: str = "text") -> list[TaggedSentence]:
     """Sentences to label from a file: ``text`` (one per line), ``conll`` (the first column; a file of
     words alone is fine) or ``conllu`` (gold tags dropped)."""
     if not isinstance(path, readers.InMemoryFile) and not Path(path).is_file():
@@ -154,7 +157,7 @@ def read_sentences(path: str | Path | readers.InMemoryFile, fmt: str = "text") -
     return [TaggedSentence(s.words, None, s.source) for s in sentences]
 
 
-def read_conllu_to_label(path: str | Path | readers.InMemoryFile) -> list[readers.ConlluSentence]:
+def read_conllu_to_label(path: readers.Source) -> list[readers.ConlluSentence]:
     """A CoNLL-U file to label, every line kept for writing it back; annotated or not (the column to
     predict may hold ``_``). Its encoding and format are checked first, as for every input."""
     _check_format(path, "conllu", "--format")
