@@ -36,22 +36,22 @@ class DataConfig:
     sentences each).
     """
 
-    format: str = "conllu"
-    train: str = "packaged:porttinari"
-    dev: str = "hash"
-    test: str = "hash"
-    hash_every: int = 10
+    format: str = "conllu"  # conllu, conll (word and tag columns), squad (task qa) or hf (Hugging Face datasets)
+    train: str = "packaged:porttinari"  # training data: a file, packaged:NAME, or a split name (hf)
+    dev: str = "hash"  # dev data, as train; hash: 1 in hash_every train sentences, by md5 of the words
+    test: str = "hash"  # test data, as dev
+    hash_every: int = 10  # the hash split takes 1 in this many sentences for dev, and another 1 for test
     tag: str = "upos"  # conllu: upos or xpos
-    token_col: int = 0  # conll columns
-    tag_col: int = -1
+    token_col: int = 0  # conll: the word column (0 = first)
+    tag_col: int = -1  # conll: the tag column (-1 = last)
     scheme: str = "auto"  # conll tag scheme: auto, BIO, IOB1, BIOES, none
     hf_name: str = ""  # format = "hf": dataset name, config and columns
-    hf_config: str = ""
-    tokens_column: str = "tokens"
-    tags_column: str = "ner_tags"
+    hf_config: str = ""  # format = "hf": the dataset's configuration name ("" = none)
+    tokens_column: str = "tokens"  # format = "hf": the column of words
+    tags_column: str = "ner_tags"  # format = "hf": the column of tags
     max_train: int = 400  # subsample (0 = all); stated in the outputs
-    max_dev: int = 200
-    max_test: int = 600
+    max_dev: int = 200  # subsample dev (0 = all)
+    max_test: int = 600  # subsample test (0 = all)
     # A malformed sentence of a real corpus stops the run at its file:line; true: skip it, counted in the notes.
     skip_malformed: bool = False
 
@@ -60,10 +60,11 @@ class DataConfig:
 class CorpusConfig:
     """Unlabelled general-domain text for stage 1 (task-independent alignment)."""
 
-    format: str = "conllu"
+    format: str = "conllu"  # conllu or text (one sentence a line, words split on whitespace)
+    # The corpus files: paths or packaged:NAME; their labels are not used.
     paths: list[str] = dataclasses.field(default_factory=lambda: ["packaged:petrogold", "packaged:danteshots"])
-    max_sentences: int = 1000
-    val_sentences: int = 150
+    max_sentences: int = 1000  # subsample the corpus (0 = all)
+    val_sentences: int = 150  # held out of the corpus for stage 1's validation MSE
 
 
 @dataclasses.dataclass
@@ -79,11 +80,11 @@ class StageConfig:
     epochs: float = 4.0  # the cap (max epochs)
     patience: int = 2  # evaluations without improvement before stopping (0 = run to the cap)
     min_delta: float = 0.0  # an improvement must exceed this (metric units: 0.001 = 0.1 accuracy points)
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    token_budget: int = 0
-    warmup_fraction: float = 0.0
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    batch_size: int = 32  # sentences per batch (0 when token_budget is set)
+    token_budget: int = 0  # > 0: batches of about this many sub-word positions instead of batch_size sentences
+    warmup_fraction: float = 0.0  # share of the steps spent warming the lr up from 0
     schedule: str = "constant"  # constant (the reference recipe) or linear (decay to 0 after warmup)
     max_seconds: float = 0.0  # wall-clock budget (0 = none): the paper budgets stage 1 by time
     max_steps: int = 0  # 0 = epochs decide
@@ -103,22 +104,24 @@ class StagesConfig:
     # full fine-tunes of the student (student_ft, joint) share lr 2e-4 and patience 1 (their
     # epochs are the expensive ones). min_delta 0.001 = 0.1 metric points.
     teacher: StageConfig = _stage(epochs=8, lr=2e-4, weight_decay=0.01, batch_size=16, warmup_fraction=0.1,
-                                  schedule="linear", patience=1, min_delta=0.001)
-    align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
-    continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)
-    head: StageConfig = _stage(epochs=40, lr=1e-3, weight_decay=0.0, min_delta=0.001)
-    frozen: StageConfig = _stage(epochs=30, lr=1e-4, weight_decay=0.01, min_delta=0.001)
-    joint: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
-    probe: StageConfig = _stage(epochs=40, lr=2e-3, weight_decay=0.0, min_delta=0.001)
-    student_ft: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)
+                                  schedule="linear", patience=1, min_delta=0.001)  # stage 0: teacher + head
+    align: StageConfig = _stage(epochs=3, lr=5e-4, weight_decay=0.01, batch_size=0, token_budget=4096)  # stage 1
+    continual: StageConfig = _stage(epochs=10, lr=1e-4, weight_decay=0.01, batch_size=0, token_budget=4096)  # stage 2
+    head: StageConfig = _stage(epochs=40, lr=1e-3, weight_decay=0.0, min_delta=0.001)  # case head: the head only
+    frozen: StageConfig = _stage(epochs=30, lr=1e-4, weight_decay=0.01, min_delta=0.001)  # cases frozen, noalign_frozen
+    joint: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)  # case joint: all
+    probe: StageConfig = _stage(epochs=40, lr=2e-3, weight_decay=0.0, min_delta=0.001)  # student_probe
+    student_ft: StageConfig = _stage(epochs=15, lr=2e-4, weight_decay=0.01, patience=1, min_delta=0.001)  # student_ft
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    b1: float = 0.9
-    b2: float = 0.98
-    eps: float = 1e-6
-    clip_norm: float = 1.0
+    """AdamW and gradient clipping, shared by every stage."""
+
+    b1: float = 0.9  # AdamW beta1
+    b2: float = 0.98  # AdamW beta2
+    eps: float = 1e-6  # AdamW epsilon
+    clip_norm: float = 1.0  # clip gradients to this global norm
 
 
 @dataclasses.dataclass
@@ -134,8 +137,8 @@ class AlignmentSettings:
 class MeshSettings:
     """Device mesh: sizes of the data-parallel and FSDP axes (-1 = all devices)."""
 
-    data: int = -1
-    fsdp: int = 1
+    data: int = -1  # data-parallel axis size (-1 = all devices not used by fsdp)
+    fsdp: int = 1  # FSDP axis size: parameters and optimizer state sharded over it
 
 
 @dataclasses.dataclass
@@ -143,13 +146,13 @@ class Config:
     """The whole experiment. ``Config()`` is the embedded default (POS, Porttinari)."""
 
     task: str = "pos"  # pos, ner or qa
-    teacher: str = MINILM
+    teacher: str = MINILM  # Hub id or local directory (config.json + safetensors or flax_model.msgpack)
     teacher_finetuned: bool = False  # True: skip stage 0 (the teacher already solves the task)
-    student: str = MINILM
+    student: str = MINILM  # Hub id or local directory of the compressed model
     student_layers: int = 2  # > 0: keep only the first N layers of `student` (layer dropping)
-    windows: list[int] = dataclasses.field(default_factory=lambda: [3])
-    adapter_hidden: int = 1280
-    adapter_impl: str = "auto"
+    windows: list[int] = dataclasses.field(default_factory=lambda: [3])  # AlAd window sizes K (odd), rows for each
+    adapter_hidden: int = 1280  # AlAd hidden width (W1's output)
+    adapter_impl: str = "auto"  # AlAd form: fused (a convolution), explicit (vmapped windows), auto (fused)
     matmul_dtype: str = "bfloat16"  # train steps' matmuls: bfloat16 operands, float32 accumulation; or float32
     cache_features: bool = True  # stages 1-2: compute frozen hidden states once
     # Tagging fine-tunes, token-level cached alignment, their evaluation and the feature cache run on
@@ -158,9 +161,9 @@ class Config:
     packing: bool = True
     max_length: int = 64  # longer sentences become overlapping windows (tagging); qa: question + context
     stride: int = 16  # overlap of those windows (tagging) / document stride (qa)
-    max_query_length: int = 64
-    head_dropout: float = 0.1
-    seed: int = 0
+    max_query_length: int = 64  # qa: question tokens kept
+    head_dropout: float = 0.1  # dropout before the task head
+    seed: int = 0  # initialisation, shuffling and subsampling
     cache_dir: str = ""  # Hugging Face cache directory ("" = the library default)
     eval_batch_size: int = 32  # also the latency batch: its program is already compiled by evaluation
     latency_batches: int = 20  # timed forwards per row (rows take turns)

@@ -2,7 +2,7 @@
 
     python scripts/results_table.py runs/default                      # print the Markdown
     python scripts/results_table.py runs/default --readme README.md   # replace the README's table
-    python scripts/results_table.py runs/ner --readme README.md --block ner   # the NER table
+    python scripts/results_table.py runs/ner --readme docs/results.md --block ner   # the NER table
 
 Every number comes from the one ``results.json`` given (a work directory or
 the file itself), so a table can never mix runs. With ``--readme`` the text

@@ -201,7 +201,7 @@ def test_cli_predict_prints_word_tab_label_lines(saved, predictor, tmp_path, cap
     (tmp_path / "s.conllu").write_text("1\tok\t_\tX\t_\t_\t_\t_\t_\t_\n")
     assert cli.main(["predict", "--model", path, "--file", str(tmp_path / "s.conllu"), "--out",
                      str(tmp_path / "o.txt")]) == 0
-    assert (tmp_path / "o.txt").read_text() == f"ok\t{labels[1][0]}\n"
+    assert (tmp_path / "o.txt").read_text() == f"1\tok\t_\t{labels[1][0]}\t_\t_\t_\t_\t_\t_\n\n"  # CoNLL-U in, out
 
 
 def test_predicted_conll_reads_back_with_multiword_tokens_intact(saved, predictor, tmp_path, capsys):

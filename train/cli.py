@@ -2,7 +2,9 @@
 
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
-    alad predict --model DIR_OR_ONNX (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
+    alad predict --model DIR_OR_EXPORT (--text "..." | --words W1 W2 ... | --file FILE|-)
+                 [--out PATH] [--output-format conll|conllu|jsonl]
+    alad --version
     alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
     alad bench [KEY=VALUE ...]
 
@@ -19,12 +21,15 @@ from pathlib import Path
 from alad_jax.errors import AladError
 from alad_train import cases
 
+CONFIG_REFERENCE = "docs/config.md (in the repository; generated from alad_jax/config.py)"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapter (AlAd) in JAX/Flax.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the whole pipeline (stages 0-3, baselines, ablation) into a work directory")
+    run = sub.add_parser("run", help="run the whole pipeline (stages 0-3, baselines, ablation) into a work directory",
+                         epilog=f"Every config key, its default and meaning: {CONFIG_REFERENCE}")
     run.add_argument("--config", help="TOML config file (see configs/); default: the embedded POS experiment")
     run.add_argument("--workdir", help="output directory (default: runs/<config name>); re-running resumes")
     run.add_argument("--restart", action="store_true",
@@ -41,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="label text with a saved aligned model or a finished work directory")
     predict.add_argument("--model", required=True,
-                         help="saved aligned model directory, exported serving artifact, .onnx file (alad export), "
-                              "or a work directory")
+                         help="saved aligned model directory, an export of alad export (the .onnx file or its "
+                              "directory, a jax export directory), or a work directory")
     predict.add_argument("--case", default=cases.DEFAULT.name,
                          help=f"which trained case of a work directory: {', '.join(c.name for c in cases.WINDOWED)} "
                               f"(default {cases.DEFAULT.name})")
@@ -50,12 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", action="append", help="a raw sentence, split on whitespace (repeatable)")
     predict.add_argument("--words", action="append", nargs="+", metavar="WORD",
                          help="a pre-tokenized sentence (repeatable)")
-    predict.add_argument("--file", help="a file of sentences: CoNLL, CoNLL-U or plain text (one per line)")
+    predict.add_argument("--file", help="a file of sentences, '-' for standard input: plain text (one sentence a "
+                                        "line, split into words on whitespace), CoNLL (the first column is the word; "
+                                        "words alone are fine) or CoNLL-U")
     predict.add_argument("--format", choices=["text", "conll", "conllu"],
-                         help="format of --file (default: from its suffix .conll/.conllu, else text)")
+                         help="format of --file (default: from its suffix .conll/.conllu, else CoNLL-U when its "
+                              "lines look like it, else text)")
     predict.add_argument("--question", action="append", help="QA models: a question (repeatable, pairs with --context)")
     predict.add_argument("--context", action="append", help="QA models: the context to answer from (repeatable)")
-    predict.add_argument("--out", help="write predictions here (CoNLL: word<TAB>label) instead of stdout")
+    predict.add_argument("--out", help="write predictions here instead of stdout")
+    predict.add_argument("--output-format", choices=["conll", "conllu", "jsonl"],
+                         help="conll: word<TAB>label, a blank line between sentences; conllu: CoNLL-U with the "
+                              "predicted column filled (a CoNLL-U input keeps its comments, ids and other columns); "
+                              'jsonl: {"words": [...], "labels": [...]} a line (default: by the suffix of --out, '
+                              ".conll/.conllu/.jsonl; else conllu for CoNLL-U input, else conll)")
+    predict.add_argument("--column", choices=["upos", "xpos"], default="upos",
+                         help="the CoNLL-U column the labels go to (default upos)")
 
     export = sub.add_parser("export", help="write a saved model as one ONNX file or a jax.export serving artifact")
     export.add_argument("--model", required=True, help="saved aligned model directory, or a finished work directory")
@@ -73,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="teacher=... student=... student_layers=...")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alad-jax")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _enable_compilation_cache() -> None:

@@ -65,25 +65,69 @@ class QAExample:
 # --------------------------------------------------------------------------- files
 
 
-def _read_lines(path: PathLike) -> list[str]:
-    """The file's lines without their line ends (``\\n`` or ``\\r\\n``); a UTF-8 BOM is dropped.
+@dataclasses.dataclass(frozen=True)
+class InMemoryFile:
+    """A file already read into memory, e.g. standard input (``alad predict --file -``).
+
+    Every reader takes one where it takes a path; ``name`` stands for the path in messages.
+    """
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Source = PathLike | InMemoryFile
+
+
+def _looks_like_utf16(raw: bytes) -> str | None:
+    """``"UTF-16"``/``"UTF-32"`` when ``raw`` starts with that byte-order mark, or when a third of its
+    first KiB is NUL bytes (UTF-16 without a mark: every ASCII character has a NUL beside it); else None."""
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    head = raw[:1024]
+    if len(head) >= 4 and head.count(b"\x00") * 3 >= len(head):
+        return "UTF-16"
+    return None
+
+
+def decode_utf8(raw: bytes, path: Source) -> str:
+    """``raw`` as text (a UTF-8 byte-order mark dropped), or one error line naming the file and the fix.
+
+    The encoding is checked before anything guesses a file's format from its lines: a UTF-16 file
+    read as UTF-8 would otherwise look like some other format and the error would name the wrong fix.
+    """
+    wide = _looks_like_utf16(raw)
+    if wide:
+        raise AladError(f"{path}: not valid UTF-8 (looks like {wide}; re-save as UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise AladError(f"{path}:{line}: not valid UTF-8 ({err.reason}); re-encode the file as UTF-8") from None
+
+
+def read_lines(path: Source) -> list[str]:
+    """The file's lines without their line ends (``\\n`` or ``\\r\\n``), after :func:`decode_utf8`.
 
     Splits on ``\\n`` only: ``str.splitlines`` would also break inside tweets
     that contain U+2028 or U+0085.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise AladError(f"{path}: file not found; check the path") from None
-    except IsADirectoryError:
-        raise AladError(f"{path}: is a directory, expected a data file") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise AladError(f"{path}:{line}: not valid UTF-8 ({err.reason}); re-encode the file as UTF-8") from None
-    lines = text.split("\n")
+    if isinstance(path, InMemoryFile):
+        raw = path.data
+    else:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise AladError(f"{path}: file not found; check the path") from None
+        except IsADirectoryError:
+            raise AladError(f"{path}: is a directory, expected a data file") from None
+    lines = decode_utf8(raw, path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
@@ -191,7 +235,7 @@ _COLUMN_SEP = re.compile(r"[ \t]+")
 _TAB_SEP = re.compile(r" *\t[ \t]*")
 
 
-def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme: str = "auto",
+def read_conll(path: Source, *, token_col: int = 0, tag_col: int | None = -1, scheme: str = "auto",
                skipped: list[str] | None = None) -> list[TaggedSentence]:
     """Column CoNLL (CoNLL-2003, WNUT): one word per line, columns split on tabs/spaces.
 
@@ -201,13 +245,15 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
     Blank or whitespace-only lines end a sentence; ``-DOCSTART-`` lines are
     skipped. Every word line must have the same number of columns as the first.
     Tags are validated against ``scheme`` ("BIO"/"IOB2", "IOB1", "BIOES",
-    "auto" = detect from the file, "none" = any non-empty tag).
+    "auto" = detect from the file, "none" = any non-empty tag). ``tag_col=None``
+    reads words only (tags ``None``): a one-column file of words is accepted, and
+    the other columns of a wider one are ignored.
 
     A malformed sentence (a line with other columns, a tag the scheme forbids)
     stops the read with its file:line; with ``skipped`` (a list) it is dropped
     instead and its reason appended there.
     """
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if scheme not in SCHEMES:
         raise AladError(f"unknown tag scheme {scheme!r} for {path}; use one of {', '.join(SCHEMES)}")
     words: list[list[str]] = []
@@ -238,7 +284,12 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
             continue
         if n_cols is None:
             n_cols, cols_line = len(fields), lineno
-            if not (-n_cols <= token_col < n_cols and -n_cols <= tag_col < n_cols) or token_col % n_cols == tag_col % n_cols:
+            if tag_col is None:
+                if not -n_cols <= token_col < n_cols:
+                    raise AladError(f"{path}:{lineno}: line has {n_cols} column(s) but token_col={token_col}; "
+                                    "give the word column's index")
+            elif (not (-n_cols <= token_col < n_cols and -n_cols <= tag_col < n_cols)
+                  or token_col % n_cols == tag_col % n_cols):
                 raise AladError(
                     f"{path}:{lineno}: line has {n_cols} column(s) but token_col={token_col}, tag_col={tag_col}; "
                     "a CoNLL file needs distinct word and tag columns (use format 'text' for unlabelled text)"
@@ -252,12 +303,15 @@ def read_conll(path: PathLike, *, token_col: int = 0, tag_col: int = -1, scheme:
             bad = True
             continue
         current[0].append(fields[token_col])
-        current[1].append(fields[tag_col])
+        current[1].append(fields[tag_col] if tag_col is not None else "")
         current[2].append(lineno)
     flush()
     if not words:
         raise AladError(f"{path}: no sentences found (empty file?); expected word and tag columns with blank lines between sentences")
 
+    if tag_col is None:
+        logger.info("%s: %d sentences (words only), %d -DOCSTART- lines skipped", path, len(words), docstarts)
+        return [TaggedSentence(tuple(w), None, f"{path}:{ln[0]}") for w, ln in zip(words, line_numbers)]
     resolved, violation = _resolve_scheme(tags, scheme)
     while violation is not None:
         s, w, what = violation
@@ -281,7 +335,7 @@ _RANGE_ID = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*$")
 _EMPTY_NODE_ID = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
 
 
-def read_conllu(path: PathLike, *, tag: str = "upos", skipped: list[str] | None = None) -> list[TaggedSentence]:
+def read_conllu(path: Source, *, tag: str = "upos", skipped: list[str] | None = None) -> list[TaggedSentence]:
     """Universal Dependencies CoNLL-U: the syntactic words of each sentence with their UPOS or XPOS.
 
     Multiword-token ranges (``1-2``) are skipped in favour of the words they
@@ -293,7 +347,7 @@ def read_conllu(path: PathLike, *, tag: str = "upos", skipped: list[str] | None 
     if tag not in _CONLLU_TAG_COLUMNS:
         raise AladError(f"unknown CoNLL-U tag column {tag!r} for {path}; use 'upos' or 'xpos'")
     column = _CONLLU_TAG_COLUMNS[tag]
-    lines = _read_lines(path)
+    lines = read_lines(path)
     sentences: list[TaggedSentence] = []
     words: list[str] = []
     tags: list[str] = []
@@ -355,14 +409,90 @@ def read_conllu(path: PathLike, *, tag: str = "upos", skipped: list[str] | None 
     return sentences
 
 
+@dataclasses.dataclass(frozen=True)
+class ConlluSentence:
+    """One CoNLL-U sentence as written, for labelling it and writing it back (``alad predict``).
+
+    ``lines`` are the sentence's lines as read (comments, multiword-token ranges and empty nodes
+    included); ``word_lines`` the indices into ``lines`` of its syntactic words, one per word.
+    """
+
+    lines: tuple[str, ...]
+    word_lines: tuple[int, ...]
+    source: str = ""
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(self.lines[i].split("\t")[1] for i in self.word_lines)
+
+    def filled(self, labels: Sequence[str], column: str = "upos") -> list[str]:
+        """The sentence's lines with ``column`` (``upos`` or ``xpos``) of word ``i`` set to ``labels[i]``;
+        every other line and column as read."""
+        if len(labels) != len(self.word_lines):
+            raise AladError(f"{self.source}: {len(self.word_lines)} words but {len(labels)} labels")
+        index = _CONLLU_TAG_COLUMNS[column]
+        lines = list(self.lines)
+        for row, label in zip(self.word_lines, labels):
+            fields = lines[row].split("\t")
+            fields[index] = label
+            lines[row] = "\t".join(fields)
+        return lines
+
+
+def read_conllu_sentences(path: Source) -> list[ConlluSentence]:
+    """The sentences of a CoNLL-U file with every line kept, annotated or not (``_`` columns are fine).
+
+    Checks what labelling needs: 10 tab-separated columns on every token line, and word ids
+    running 1, 2, 3, ... in each sentence (ranges ``1-2`` and empty nodes ``1.1`` kept as they are).
+    Comments before a sentence belong to it; a malformed line stops the read with its file:line.
+    """
+    sentences: list[ConlluSentence] = []
+    lines: list[str] = []
+    word_lines: list[int] = []
+    first_line = 0
+
+    def flush():
+        nonlocal lines, word_lines
+        if word_lines:
+            sentences.append(ConlluSentence(tuple(lines), tuple(word_lines), f"{path}:{first_line}"))
+        elif lines:
+            where = f"{path}:{first_line}"
+            raise AladError(f"{where}: comments without a sentence after them; remove them or add the sentence")
+        lines, word_lines = [], []
+
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            flush()
+            continue
+        if not lines:
+            first_line = lineno
+        if not line.startswith("#"):
+            fields = line.split("\t")
+            if len(fields) != 10:
+                raise AladError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(fields)}; "
+                                "check that columns are separated by tabs and unused ones hold '_'")
+            word_id = fields[0]
+            if not (_RANGE_ID.match(word_id) or _EMPTY_NODE_ID.match(word_id)):
+                expected = len(word_lines) + 1
+                if not word_id.isdigit() or int(word_id) != expected:
+                    raise AladError(f"{path}:{lineno}: word id {word_id!r} where {expected} was expected; "
+                                    "ids must run 1, 2, 3, ... in each sentence, with a blank line between sentences")
+                word_lines.append(len(lines))
+        lines.append(line)
+    flush()
+    if not sentences:
+        raise AladError(f"{path}: no sentences found (empty file?); expected CoNLL-U word lines")
+    return sentences
+
+
 # --------------------------------------------------------------------------- plain text
 
 
-def read_text(path: PathLike) -> list[TaggedSentence]:
+def read_text(path: Source) -> list[TaggedSentence]:
     """One sentence per line, words split on whitespace, no tags. Blank lines are skipped (and counted)."""
     sentences = []
     blank = 0
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         words = line.split()
         if not words:
             blank += 1
@@ -400,13 +530,13 @@ def check_answers(qid: str, context: str, answers: Iterable[Answer], where: str)
     return answers
 
 
-def read_squad(path: PathLike) -> list[QAExample]:
+def read_squad(path: Source) -> list[QAExample]:
     """SQuAD v1.1 / v2.0 JSON, unanswerable questions kept with ``answers == ()``.
 
     Every ``answer_start`` is checked against the context text, and question
     ids must be unique (predictions are keyed by id).
     """
-    text = "\n".join(_read_lines(path))
+    text = "\n".join(read_lines(path))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:

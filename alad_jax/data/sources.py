@@ -8,10 +8,13 @@ through here: the pipeline's task splits and stage-1 corpus, ``alad predict
 - :func:`read_task_split`: one labelled split of the config's ``data`` section;
 - :func:`read_corpus`: the stage-1 sentences of ``corpus.paths``, labels dropped;
 - :func:`read_sentences`: a file of sentences to label (text, CoNLL or CoNLL-U);
+- :func:`read_conllu_to_label`: a CoNLL-U file to label, its lines kept for writing it back;
 - :func:`read_dataset`: any reader by format name, with its options checked.
 
-A file given as ``conll`` that holds CoNLL-U (or the reverse) is refused
-with one line naming the format it looks like. With ``skip_malformed`` a
+Every file's encoding is checked before its format is guessed (a UTF-16
+file is refused as not UTF-8, not as some other format). A file given as
+``conll`` that holds CoNLL-U (or the reverse) is refused with one line naming
+the format it looks like. With ``skip_malformed`` a
 malformed sentence is skipped and reported (:class:`Skipped`) instead of
 stopping the run at its file:line.
 """
@@ -58,17 +61,15 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def looks_like(path: str | Path) -> str | None:
+def looks_like(path: readers.Source) -> str | None:
     """``"conllu"`` or ``"conll"`` from the first word lines of ``path``, None when it cannot tell.
 
     CoNLL-U: 10 tab-separated columns whose first is a word id (``1``, ``1-2``, ``1.1``).
     CoNLL: 2 to 6 columns whose first is a word (not a number sequence).
+    The encoding is checked first (:func:`readers.read_lines`): a file that is not UTF-8 is refused
+    as such, never guessed to be some other format.
     """
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            lines = [line.rstrip("\r\n") for _, line in zip(range(SNIFF_LINES * 4), f)]
-    except OSError:
-        return None
+    lines = readers.read_lines(path)[: SNIFF_LINES * 4]
     word_lines = [line for line in lines if line.strip() and not line.startswith("#")][:SNIFF_LINES]
     if not word_lines:
         return None
@@ -81,7 +82,7 @@ def looks_like(path: str | Path) -> str | None:
     return None
 
 
-def _check_format(path: str, fmt: str, setting: str) -> None:
+def _check_format(path: readers.Source, fmt: str, setting: str) -> None:
     """Refuses a CoNLL-U file read as ``conll`` (or the reverse), naming what it looks like.
 
     ``setting`` is where the user chose ``fmt`` (``data.format``, ``--format``): the line says to change it.
@@ -139,18 +140,28 @@ def read_corpus(corpus) -> list[TaggedSentence]:
     return [TaggedSentence(s.words, None, s.source) for s in sentences]
 
 
-def read_sentences(path: str | Path, fmt: str = "text") -> list[TaggedSentence]:
-    """Sentences to label from a file: ``text`` (one per line), ``conll`` or ``conllu`` (gold tags dropped)."""
-    if not Path(path).is_file():
+def read_sentences(path: readers.Source, fmt: str = "text") -> list[TaggedSentence]:
+    """Sentences to label from a file: ``text`` (one per line), ``conll`` (the first column; a file of
+    words alone is fine) or ``conllu`` (gold tags dropped)."""
+    if not isinstance(path, readers.InMemoryFile) and not Path(path).is_file():
         raise AladError(f"--file {path}: no such file; give the path of a text, CoNLL or CoNLL-U file")
     if fmt == "text":
         sentences = readers.read_text(path)
-    elif fmt in ("conll", "conllu"):
-        _check_format(str(path), fmt, "--format")
-        sentences = readers.read_conll(path, scheme="none") if fmt == "conll" else readers.read_conllu(path)
+    elif fmt == "conll":
+        _check_format(path, fmt, "--format")
+        sentences = readers.read_conll(path, tag_col=None)
+    elif fmt == "conllu":
+        sentences = read_conllu_to_label(path)
     else:
         raise AladError(f"--format {fmt!r} is unknown for {path}; use text, conll or conllu")
     return [TaggedSentence(s.words, None, s.source) for s in sentences]
+
+
+def read_conllu_to_label(path: readers.Source) -> list[readers.ConlluSentence]:
+    """A CoNLL-U file to label, every line kept for writing it back; annotated or not (the column to
+    predict may hold ``_``). Its encoding and format are checked first, as for every input."""
+    _check_format(path, "conllu", "--format")
+    return readers.read_conllu_sentences(path)
 
 
 def _readers():
