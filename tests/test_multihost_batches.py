@@ -97,6 +97,12 @@ def _same_run(batches_by_layout: dict) -> None:
             assert not mine["attention_mask"][len(want):].any()
 
 
+def _fresh_train_batches(task, stage, epoch: int, gap: int) -> list[dict]:
+    """``task.train_batches`` as a new process computes them (nothing remembered from another layout)."""
+    task._packed_rows.clear()
+    return task.train_batches(stage, epoch, gap)
+
+
 @pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("batch_size,gap", [(16, 0), (32, 0), (32, 1)])
 def test_every_process_and_device_layout_trains_on_the_same_global_batches(small_task, monkeypatch, packing,
@@ -108,7 +114,7 @@ def test_every_process_and_device_layout_trains_on_the_same_global_batches(small
     stage = StageConfig(batch_size=batch_size)
     try:
         for epoch in (0, 3):
-            _same_run({layout: _global_batches(lambda: small_task.train_batches(stage, epoch, gap), layout,
+            _same_run({layout: _global_batches(lambda: _fresh_train_batches(small_task, stage, epoch, gap), layout,
                                                monkeypatch) for layout in LAYOUTS})
     finally:
         small_task.cfg.packing = True
