@@ -155,6 +155,38 @@ MUTATIONS = (
           'segment_ids=batch.get("segment_ids"),'),),
         ("tests/test_packing.py",),
     ),
+    Mutation(
+        "stage-2-starts-fresh", "continual alignment builds a new AlAd instead of importing stage 1's",
+        (("train/pipeline.py", '        if stage == "align":\n', '        if stage in ("align", "continual"):\n'),),
+        ("tests/test_stage_chain.py",),
+    ),
+    Mutation(
+        "plateau-count-not-reset", "an improving evaluation leaves the plateau counter where it was",
+        (("train/loop.py",
+          '            meta["best_score"], meta["best_epoch"], meta["evals_since_best"] = float(score), epoch + 1, 0\n',
+          '            meta["best_score"], meta["best_epoch"] = float(score), epoch + 1\n'),),
+        ("tests/test_loop_rules.py",),
+    ),
+    Mutation(
+        "warmup-truncated-to-zero", "the warmup length is int(fraction) * steps: no warmup for any fraction < 1",
+        (("train/loop.py", "    warmup = int(stage.warmup_fraction * total_steps)\n",
+          "    warmup = int(stage.warmup_fraction) * total_steps\n"),),
+        ("tests/test_loop_rules.py",),
+    ),
+    Mutation(
+        "latency-times-dispatch-only", "latency stops the clock when the call returns, not when its result is ready",
+        (("train/measure.py", "            jax.block_until_ready(predict(*split[name], batches[name]))\n",
+          "            predict(*split[name], batches[name])\n"),),
+        ("tests/test_measure.py",),
+    ),
+    Mutation(
+        "packed-batch-rounded-to-layout", "packed batches hold a multiple of the process count of real rows "
+        "(the issue-29 bug): one and two processes take different steps",
+        (("alad_jax/data/batching.py", "    return max(round(batch_size * packed / max(len(lengths), 1)), 1)\n",
+          "    rows, count = max(round(batch_size * packed / max(len(lengths), 1)), 1), __import__('jax').process_count()\n"
+          "    return -(-rows // count) * count\n"),),
+        ("tests/test_multihost_batches.py",),
+    ),
 )
 
 

@@ -102,12 +102,10 @@ class TaggingTask:
         if stage.batch_size <= 0:
             raise AladError("packed tagging batches count sentences: set stages.*.batch_size "
                             "(token_budget is for alignment), or packing = false")
-        multiple = int(np.lcm(jax.process_count(), jax.device_count()))
-        key = (stage.batch_size, gap, multiple)
-        if key not in self._packed_rows:  # the same for every epoch: the packing depends on lengths only
+        key = (stage.batch_size, gap)
+        if key not in self._packed_rows:  # the same for every epoch and process layout: lengths only
             self._packed_rows[key] = batching.packed_rows_per_batch(
-                [len(r) for r in self.features["train"].input_ids], stage.batch_size, self.cfg.max_length,
-                gap=gap, multiple=multiple)
+                [len(r) for r in self.features["train"].input_ids], stage.batch_size, self.cfg.max_length, gap=gap)
         return batching.make_packed_batches(
             self.features["train"], rows_per_batch=self._packed_rows[key], length=self.cfg.max_length, gap=gap,
             shuffle=True, seed=self.cfg.seed, epoch=epoch, process_index=jax.process_index(),

@@ -282,15 +282,15 @@ def pack_rows(lengths: Sequence[int], capacity: int, *, gap: int = 0, order: Seq
     return bins
 
 
-def packed_rows_per_batch(lengths: Sequence[int], batch_size: int, capacity: int, *, gap: int = 0,
-                          multiple: int = 1) -> int:
-    """Packed rows per batch so that a batch holds ``batch_size`` feature rows on average.
+def packed_rows_per_batch(lengths: Sequence[int], batch_size: int, capacity: int, *, gap: int = 0) -> int:
+    """Real packed rows per global batch so that a batch holds ``batch_size`` feature rows on average.
 
-    ``batch_size * packed / feature rows``, rounded, at least one, rounded up to ``multiple``.
+    ``batch_size * packed / feature rows``, rounded, at least one. It depends on the data alone, never on
+    the processes or devices: :func:`make_packed_batches` pads each batch with empty rows to a multiple
+    of those, so every layout splits an epoch into the same batches of the same real rows.
     """
     packed = len(pack_rows(lengths, capacity, gap=gap))
-    rows = max(round(batch_size * packed / max(len(lengths), 1)), 1)
-    return -(-rows // multiple) * multiple
+    return max(round(batch_size * packed / max(len(lengths), 1)), 1)
 
 
 def make_packed_batches(

@@ -79,12 +79,31 @@ def arguments(root: Path, task: str) -> list[str]:
             "max_length=48", "stride=16", *common]
 
 
-def environment(xla_cache: Path) -> dict[str, str]:
-    """One CPU device per process; ``ALAD_TEST_XLA_CACHE`` may name a compilation cache kept between sessions."""
+# The equality runs: several epochs per stage with the stopping rule deciding (patience 1-2 and a min_delta),
+# packed or bucketed batches whose real rows per step do not divide by 2 or 4 (7 packed rows of 64 positions
+# per batch of 8 sentences: the layout-rounded count, 8, took other steps), float32 steps so that one and two
+# processes differ by reduction order alone (~1e-7) and one flipped word (~5e-3 here) means a logic difference.
+EQUALITY_EPOCHS = {"teacher": 4, "probe": 8, "student_ft": 3, "align": 3, "continual": 4, "head": 8, "frozen": 6,
+                   "joint": 3}
+EQUALITY_PATIENCE = {"teacher": 1, "probe": 2, "student_ft": 1, "align": 2, "continual": 2, "head": 1, "frozen": 1,
+                     "joint": 1}
+
+
+def equality_arguments(root: Path, packing: bool) -> list[str]:
+    """``alad run`` arguments for the run-equality tests (POS, every stage and case; see EQUALITY_EPOCHS)."""
+    return arguments(root, "pos") + [
+        "max_length=64", "matmul_dtype=float32", f"packing={'true' if packing else 'false'}",
+    ] + [f"stages.{s}.epochs={n}" for s, n in EQUALITY_EPOCHS.items()] \
+      + [f"stages.{s}.patience={n}" for s, n in EQUALITY_PATIENCE.items()] \
+      + [f"stages.{s}.min_delta=0.005" for s in ROW_STAGES]
+
+
+def environment(xla_cache: Path, devices: int = 1) -> dict[str, str]:
+    """``devices`` CPU devices per process; ``ALAD_TEST_XLA_CACHE`` may name a compilation cache kept between sessions."""
     xla_cache = Path(os.environ.get("ALAD_TEST_XLA_CACHE") or xla_cache)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "ALAD_"))}
     env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_COMPILATION_CACHE_DIR=str(xla_cache))
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_COMPILATION_CACHE_DIR=str(xla_cache))
     return env
 
 
@@ -141,6 +160,14 @@ def scores(results: dict) -> dict[str, float]:
             for key in ("mse", "cosine"):
                 out[f"alignment/{window}/{stage}/{key}"] = float(row[key])
     return out
+
+
+def histories(workdir: Path) -> dict[str, dict]:
+    """Per stage of a finished run (progress.json): how it ended and its per-epoch dev curve (alignment: MSE)."""
+    progress = json.loads((Path(workdir) / "progress.json").read_text())
+    return {name: {"steps": out["steps"], "epochs_run": out["epochs_run"], "best_epoch": out["best_epoch"],
+                   "stopped": out["stopped"], "dev": [h["dev"] for h in out["history"]]}
+            for name, out in progress.items() if "history" in out}
 
 
 def main() -> int:
