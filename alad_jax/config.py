@@ -23,6 +23,7 @@ from alad_jax.errors import AladError
 MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions (alad_jax.models.precision)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TEACHER_HEADS = ("auto", "keep", "train")  # what happens to a fine-tuned teacher's classifier
 
 
 @dataclasses.dataclass
@@ -148,6 +149,12 @@ class Config:
     task: str = "pos"  # pos, ner or qa
     teacher: str = MINILM  # Hub id or local directory (config.json + safetensors or flax_model.msgpack)
     teacher_finetuned: bool = False  # True: skip stage 0 (the teacher already solves the task)
+    # With teacher_finetuned: "keep" the checkpoint's own classifier (HF token-classification layout),
+    # "train" a new head on the frozen teacher, or "auto" (keep it when the checkpoint has one).
+    teacher_head: str = "auto"
+    # What to train besides the teacher (docs/guide.md); the stages each case needs follow from it.
+    cases: list[str] = dataclasses.field(default_factory=lambda: [
+        "probe", "student_ft", "head", "frozen", "joint", "noalign_frozen"])
     student: str = MINILM  # Hub id or local directory of the compressed model
     student_layers: int = 2  # > 0: keep only the first N layers of `student` (layer dropping)
     windows: list[int] = dataclasses.field(default_factory=lambda: [3])  # AlAd window sizes K (odd), rows for each
@@ -168,6 +175,8 @@ class Config:
     eval_batch_size: int = 32  # also the latency batch: its program is already compiled by evaluation
     latency_batches: int = 20  # timed forwards per row (rows take turns)
     checkpoint_every: int = 200  # steps between resumable checkpoints
+    keep_checkpoints: bool = False  # false: a stage's checkpoints go once it has finished (its outputs stay)
+    keep_cache: bool = True  # false: the feature cache (cache/) is deleted when the run ends
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
     stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
@@ -187,6 +196,8 @@ class Config:
             raise AladError(f"config key 'windows' repeats a size: {self.windows}")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use {' or '.join(MATMUL_DTYPES)}")
+        if self.teacher_head not in TEACHER_HEADS:
+            raise AladError(f"config key 'teacher_head' is {self.teacher_head!r}; use {', '.join(TEACHER_HEADS)}")
         if self.alignment.level not in ("token", "word"):
             raise AladError(f"config key 'alignment.level' is {self.alignment.level!r}; use token or word")
         if self.student_layers < 0:

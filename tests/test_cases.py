@@ -34,7 +34,7 @@ def test_row_names_parse_back_to_their_case_and_window():
         name = case.row_name(5) if case.windowed else case.row_name()
         parsed = cases.parse_row(name)
         assert parsed is not None and parsed[1] == (5 if case.windowed else None)
-        if case is not cases.TEACHER_HEAD:  # both teacher cases are the row "teacher"
+        if case.encoder != cases.TEACHER:  # the three teacher cases are the row "teacher"
             assert parsed[0] is case
     assert cases.parse_row("alad_w3_noalign_frozen") == (cases.NOALIGN, 3)
     assert cases.parse_row("alad_w3_probe") is None  # probe has no window
@@ -55,7 +55,7 @@ class _Model(nnx.Module):
 def test_a_cases_filter_selects_exactly_the_parts_it_trains(case):
     trainable = nnx.state(_Model(), case.trainable)
     moved = {str(path[0]) for path, _ in nnx.to_flat_state(trainable)}
-    assert moved == ({"encoder", "adapter", "head"} if case.trains_encoder else set(case.trains))
+    assert moved == ({"encoder", "adapter", "head"} if case.trains_encoder else set(case.trains or ()))
 
 
 def test_model_dir_finds_the_case_not_its_lookalike(tmp_path):
@@ -70,3 +70,36 @@ def test_model_dir_finds_the_case_not_its_lookalike(tmp_path):
         cases.model_dir(tmp_path, "joint")
     with pytest.raises(AladError, match="not a case with a saved AlAd model"):
         cases.model_dir(tmp_path, "probe")
+
+
+def test_a_given_teacher_trains_nothing_and_keeps_its_head():
+    assert cases.TEACHER_GIVEN.trains is None and not cases.TEACHER_GIVEN.trains_encoder
+    assert cases.TEACHER_GIVEN.head == cases.GIVEN and cases.TEACHER_GIVEN.row_name() == "teacher"
+    assert not nnx.to_flat_state(nnx.state(_Model(), cases.TEACHER_GIVEN.trainable))
+
+
+def test_only_the_cases_that_start_from_stage_2_need_the_alignment_stages():
+    assert [c.name for c in cases.SELECTABLE if c.aligned] == ["head", "frozen", "joint"]
+
+
+def test_config_default_selects_every_case():
+    """The embedded default stays the full comparison."""
+    from alad_jax.config import Config
+
+    assert cases.selected(Config().cases) == cases.SELECTABLE
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["frzen"], "unknown case 'frzen'; use any of probe, student_ft, head, frozen, joint, noalign_frozen"),
+    (["teacher"], "unknown case 'teacher'"),
+    ([], "is empty"),
+    (["frozen", "frozen"], "repeats a case"),
+])
+def test_a_bad_cases_list_is_one_line_naming_the_valid_cases(names, expected):
+    with pytest.raises(AladError, match=expected.replace("(", r"\(")) as error:
+        cases.selected(names)
+    assert "\n" not in str(error.value) and "config key 'cases'" in str(error.value)
+
+
+def test_selected_cases_keep_the_run_order_not_the_list_order():
+    assert cases.selected(["noalign_frozen", "probe", "frozen"]) == (cases.PROBE, cases.FROZEN, cases.NOALIGN)

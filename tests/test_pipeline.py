@@ -2,7 +2,7 @@
 
 Proves the work directory answers the contract (results.json rows and keys,
 results.md, plots, TensorBoard scalars, exported reference-layout adapters,
-per-stage checkpoints), that training learns (dev accuracy above the majority
+no checkpoints of finished stages), that training learns (dev accuracy above the majority
 label, falling loss), and that a run killed with SIGKILL (while the feature
 cache is written, inside an alignment stage, inside stage-3 fine-tuning) and
 started again continues each stage after its last checkpoint and ends with the
@@ -172,8 +172,7 @@ def test_work_directory_holds_every_output(finished):
     assert load_config(workdir / "config.toml").windows == [3]
     tensors = load_file(str(workdir / "adapters" / "w3_continual.safetensors"))
     assert tensors["fc1.weight"].shape == (64, 3 * 32) and tensors["fc2.weight"].shape == (48, 64)
-    for stage in ("teacher", "align_w3", "continual_w3", "alad_w3_joint"):
-        assert any((workdir / "checkpoints" / stage).iterdir())
+    assert not list((workdir / "checkpoints").iterdir())  # a finished stage's checkpoints go (keep_checkpoints)
 
 
 def _comparable(results):

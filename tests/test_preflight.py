@@ -86,6 +86,14 @@ def test_complete_inputs_pass(tmp_path):
     preflight(load_config(None, _tiny_overrides(tmp_path)))
 
 
+def test_the_corpus_is_checked_only_when_a_chosen_case_needs_stage_1(tmp_path):
+    missing = f"corpus.paths=[\"{tmp_path / 'no-corpus.txt'}\"]"
+    preflight(load_config(None, _tiny_overrides(tmp_path) + [missing, 'cases=["probe", "noalign_frozen"]']))
+    preflight(load_config(None, _tiny_overrides(tmp_path) + ["corpus.paths=[]", 'cases=["student_ft"]']))
+    with pytest.raises(AladError, match="corpus.paths\\[0\\] = .*no-corpus.txt': no such file"):
+        preflight(load_config(None, _tiny_overrides(tmp_path) + [missing, 'cases=["head"]']))
+
+
 # --- the work directory ----------------------------------------------------------------------
 
 

@@ -379,3 +379,31 @@ def test_write_results_does_not_mutate_its_input(tmp_path):
     write_results(tmp_path, results)
     plot_results(tmp_path, results)
     assert results == snapshot
+
+
+def test_a_partial_run_meets_the_contract_and_says_what_it_cannot_conclude(tmp_path):
+    """cases = ["frozen", "joint"]: the teacher and two rows; the missing comparisons are named, not faked."""
+    results = _pos_results()
+    results["rows"] = [r for r in results["rows"] if r["name"] in ("teacher", "alad_w3_frozen", "alad_w3_joint")]
+    results["cases"] = ["frozen", "joint"]
+    write_results(tmp_path, results)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["teacher", "alad_w3_frozen", "alad_w3_joint"]
+    text = (tmp_path / "results.md").read_text()
+    section = _section(text, "What this run cannot conclude")
+    assert "This run trained the teacher and frozen, joint (config key `cases`)." in section
+    assert [line for line in section.splitlines() if line.startswith("- ")] == [
+        "- gap recovered: not computed, student_probe (its lower end) was not trained",
+        "- alignment's gain vs a fresh adapter (the no-alignment ablation): not measured, "
+        "alad_w3_noalign_frozen was not trained",
+        "- the frozen AlAd's gain over a linear probe on the same student: not measured, student_probe was not trained",
+        "- training student and AlAd together vs fine-tuning the student alone: not measured, student_ft was not "
+        "trained",
+    ]
+    assert _table_rows(text)["alad_w3_frozen"][3] == "-"  # no probe: no gap recovered
+    assert "cannot tell, a row it needs was not trained in this run" in _section(text, "Did alignment help?")
+
+
+def test_a_full_run_has_nothing_it_cannot_conclude(tmp_path):
+    write_results(tmp_path, _pos_results())
+    assert "What this run cannot conclude" not in (tmp_path / "results.md").read_text()

@@ -20,6 +20,7 @@ from alad_jax.errors import AladError
 
 STUDENT, TEACHER = "student", "teacher"
 CONTINUAL, FRESH = "continual", "fresh"
+NEW, GIVEN = "new", "given"  # a case's head: newly initialised, or the teacher checkpoint's own classifier
 
 
 def param_filter(*parts: str):
@@ -36,31 +37,40 @@ class Case:
     Attributes:
       name: what users pass (``alad predict --case frozen``) and what saved models record.
       stage: the ``config.stages`` entry that optimises it.
-      trains: path parts of the parameters that move (``()``: every parameter).
+      trains: path parts of the parameters that move (``()``: every parameter; ``None``: nothing, the
+        case is only evaluated).
       encoder: ``"teacher"`` or ``"student"``: the encoder it starts from (the teacher stage's
         own checkpoint, or the compressed student).
       adapter: ``None`` (no AlAd), ``"continual"`` (the stage-2 AlAd of window K) or ``"fresh"``
         (a newly initialised AlAd of window K: the no-alignment ablation).
       row: the results row name of a case without adapter (windowed rows are ``alad_w{K}_{name}``).
       about: one line for people.
+      head: ``"new"`` (a freshly initialised head) or ``"given"`` (the classifier of the teacher
+        checkpoint, kept as it is: :mod:`alad_train.own_teacher`).
     """
 
     name: str
     stage: str
-    trains: tuple[str, ...]
+    trains: tuple[str, ...] | None
     encoder: str
     adapter: str | None
     about: str
     row: str = ""
+    head: str = NEW
 
     @property
     def trainable(self):
         """The nnx filter of what moves (the loop splits the model by it)."""
-        return param_filter(*self.trains)
+        return nnx.Nothing if self.trains is None else param_filter(*self.trains)
 
     @property
     def trains_encoder(self) -> bool:
-        return not self.trains
+        return self.trains == ()
+
+    @property
+    def aligned(self) -> bool:
+        """It starts from the stage-2 AlAd: the run needs stages 1 and 2 of each window for it."""
+        return self.adapter == CONTINUAL
 
     @property
     def windowed(self) -> bool:
@@ -82,6 +92,9 @@ class Case:
 TEACHER_FT = Case("teacher", "teacher", (), TEACHER, None, "the teacher, fine-tuned on the task (stage 0)")
 TEACHER_HEAD = Case("teacher_head", "teacher", ("head",), TEACHER, None,
                     "an already fine-tuned teacher: only a new head trains", row="teacher")
+TEACHER_GIVEN = Case("teacher_given", "teacher", None, TEACHER, None,
+                     "a fine-tuned token classifier used as it is: its own head, nothing trains", row="teacher",
+                     head=GIVEN)
 PROBE = Case("probe", "probe", ("head",), STUDENT, None, "linear probe on the frozen student",
              row="student_probe")
 STUDENT_FT = Case("student_ft", "student_ft", (), STUDENT, None, "the student fine-tuned in full, no AlAd")
@@ -93,10 +106,12 @@ NOALIGN = Case("noalign_frozen", "frozen", ("adapter", "head"), STUDENT, FRESH,
                "as frozen, but AlAd starts untrained (the no-alignment ablation)")
 
 # In run order: the teacher, the student baselines, then per window K the AlAd cases.
-CASES = (TEACHER_FT, TEACHER_HEAD, PROBE, STUDENT_FT, HEAD, FROZEN, JOINT, NOALIGN)
+CASES = (TEACHER_FT, TEACHER_HEAD, TEACHER_GIVEN, PROBE, STUDENT_FT, HEAD, FROZEN, JOINT, NOALIGN)
 BY_NAME = {case.name: case for case in CASES}
 BASELINES = tuple(c for c in CASES if c.encoder == STUDENT and not c.windowed)
 WINDOWED = tuple(c for c in CASES if c.windowed)
+# What config key `cases` chooses from; the teacher row is always there (the alignment target and the ceiling).
+SELECTABLE = BASELINES + WINDOWED
 DEFAULT = FROZEN  # what `alad predict --model WORKDIR` serves without --case
 # The alignment stages (1 and 2) train the AlAd of an AlignModel (student -> AlAd vs the frozen teacher).
 ALIGNMENT_TRAINS = param_filter("adapter")
@@ -104,9 +119,18 @@ ALIGNMENT_TRAINS = param_filter("adapter")
 _WINDOWED_ROW = re.compile(r"alad_w(\d+)_(\w+)")
 
 
-def teacher_case(teacher_finetuned: bool) -> Case:
-    """The teacher row's case: a full fine-tune, or a head on an already fine-tuned teacher."""
-    return TEACHER_HEAD if teacher_finetuned else TEACHER_FT
+def selected(names) -> tuple[Case, ...]:
+    """The cases config key ``cases`` names, in run order; one clear error for an unknown or repeated name."""
+    valid = ", ".join(c.name for c in SELECTABLE)
+    unknown = [n for n in names if n not in BY_NAME or BY_NAME[n] not in SELECTABLE]
+    if unknown:
+        raise AladError(f"config key 'cases' holds unknown case{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; use any of {valid} (the teacher always runs)")
+    if not names:
+        raise AladError(f"config key 'cases' is empty; name at least one of {valid}")
+    if len(set(names)) != len(names):
+        raise AladError(f"config key 'cases' repeats a case: {list(names)}")
+    return tuple(c for c in SELECTABLE if c.name in names)
 
 
 def parse_row(name: str) -> tuple[Case, int | None] | None:

@@ -1,6 +1,6 @@
 """The ``alad`` command.
 
-    alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
+    alad run [--config FILE] [--workdir DIR] [--restart] [--check] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
     alad predict --model DIR_OR_EXPORT (--text "..." | --words W1 W2 ... | --file FILE|-)
                  [--out PATH] [--output-format conll|conllu|jsonl]
@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", help="output directory (default: runs/<config name>); re-running resumes")
     run.add_argument("--restart", action="store_true",
                      help="delete the work directory's run outputs (not its feature cache) and start over")
+    run.add_argument("--check", action="store_true",
+                     help="resolve the config, check every input and model, print the plan of stages and rows "
+                          "(and what the work directory already holds); train nothing")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
 
     compress = sub.add_parser("compress", help="make a compressed student checkpoint")
@@ -115,6 +118,15 @@ def _run(args) -> int:
 
     # Before joining the others: a bad config stops every worker at once, none waits for its peers.
     config = load_config(args.config, args.overrides)
+    cases.selected(config.cases)
+    name = Path(args.config).stem if args.config else "default"
+    workdir = Path(args.workdir or Path("runs") / name)
+    if args.check:
+        from alad_train.preflight import check_run
+
+        print(check_run(config, workdir))
+        print("--check: nothing trained")
+        return 0
     supervised = distributed.supervise([sys.executable, "-m", "alad_train.cli", *args.argv])
     if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
         return supervised
@@ -124,8 +136,6 @@ def _run(args) -> int:
     distributed.initialize()
     try:
         _enable_compilation_cache()
-        name = Path(args.config).stem if args.config else "default"
-        workdir = Path(args.workdir or Path("runs") / name)
         results = pipeline.run(config, workdir, restart=args.restart)
         distributed.finished()
     except BaseException as e:

@@ -2,12 +2,14 @@
 
 Order: data -> stage 0 (teacher) -> student baselines -> per window K:
 stage 1 (task-independent alignment), stage 2 (continual alignment), stage 3
-(head / frozen / joint) and the no-alignment ablation -> results.
+(head / frozen / joint) and the no-alignment ablation -> results; of these,
+what config key ``cases`` needs (:mod:`.plan`).
 
 Each finished stage is recorded in ``progress.json`` with what it produced
 (rows, histories) and its models on disk (``models/``, ``adapters/``), so a
 re-run skips it; a stage cut short resumes from its orbax checkpoint under
-``checkpoints/``. Same config + seed -> same numbers, interrupted or not.
+``checkpoints/`` (removed once the stage has finished, unless ``keep_checkpoints``).
+Same config + seed -> same numbers, interrupted or not.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from alad_jax.inference.saved_model import load_aligned_model, load_info, save_a
 from alad_jax.models import compress, hub
 from alad_jax.models.task_model import TaskModel
 from alad_jax.param_count import count_params
-from alad_train import cases, measure, models, report, tasks
+from alad_train import cases, measure, models, own_teacher, plan, report, tasks
 from alad_train.cases import Case
 from alad_train.loop import Objective, fit
 from alad_train.preflight import preflight
-from alad_train.workdir import _atomic_write, prepare_workdir
+from alad_train.workdir import _atomic_write, drop_cache, drop_finished_checkpoints, prepare_workdir
 
 
 def _seed(cfg: Config, name: str) -> int:
@@ -70,6 +72,8 @@ class Pipeline:
         if distributed.is_primary():
             _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
             print(report.format_summary(name, result), flush=True)
+            if not self.cfg.keep_checkpoints:
+                drop_finished_checkpoints(self.workdir, self.progress)
         return result
 
     def _fit(self, name: str, objective: Objective, stage, batches_for_epoch, evaluate, higher_is_better,
@@ -102,25 +106,27 @@ class Pipeline:
         started = time.perf_counter()
         cfg = self.cfg
         preflight(cfg)
+        if not cfg.keep_checkpoints and distributed.is_primary():  # a run killed between record and removal
+            drop_finished_checkpoints(self.workdir, self.progress)
+        self.teacher = teacher = own_teacher.teacher_case(cfg)
+        self.steps = plan.make_plan(cfg, teacher)
         cache_dir = cfg.cache_dir or None
         tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)
         self.student_dir = self._make_student()
         student_tok = hub.load_tokenizer(self.student_dir, cache_dir=cache_dir)
         self._plan_teacher_inputs(tokenizer, student_tok)
-        self.teacher = teacher = cases.teacher_case(cfg.teacher_finetuned)
-        rows = {teacher.row_name(): self.stage(teacher.row_name(), lambda: self._teacher(teacher))}
-        for case in cases.BASELINES:
-            name = case.row_name()
-            rows[name] = self.stage(name, lambda case=case, name=name: self._task_case(name, case))
-        alignment = {}
-        for k in cfg.windows:
-            s1 = self.stage(f"align_w{k}", lambda k=k: self._align(k, "align"))
-            s2 = self.stage(f"continual_w{k}", lambda k=k: self._align(k, "continual"))
-            alignment[f"w{k}"] = {"stage1": _without_history(s1), "stage2": _without_history(s2)}
-            for case in cases.WINDOWED:
-                name = case.row_name(k)
-                rows[name] = self.stage(name, lambda k=k, case=case, name=name: self._task_case(name, case, k))
-        latency = self.stage("latency", lambda: self._latencies(list(rows)))
+        rows, alignment = {}, {}
+        for step in self.steps[:-1]:  # the last step measures latency
+            if step.alignment:
+                out = self.stage(step.name, lambda step=step: self._align(step.window, step.alignment))
+                key = "stage1" if step.alignment == "align" else "stage2"
+                alignment.setdefault(f"w{step.window}", {})[key] = _without_history(out)
+            elif step.case is teacher:
+                rows[step.name] = self.stage(step.name, lambda: self._teacher(teacher))
+            else:
+                rows[step.name] = self.stage(
+                    step.name, lambda step=step: self._task_case(step.name, step.case, step.window))
+        latency = self.stage(plan.LATENCY, lambda: self._latencies(list(rows)))
         rows = {name: {**row, "latency_ms": latency["p50_ms"][name], "latency_p95_ms": latency["p95_ms"][name]}
                 for name, row in rows.items()}
         results = self._results(rows, alignment, time.perf_counter() - started)
@@ -129,6 +135,8 @@ class Pipeline:
             histories = {name: out["history"] for name, out in self.progress.items() if "history" in out}
             report.plot_curves(self.workdir, histories)
             report.plot_results(self.workdir, results)
+            if not cfg.keep_cache:
+                drop_cache(self.workdir)
         self.logger.close()
         return results
 
@@ -155,7 +163,7 @@ class Pipeline:
         self.task = task_cls.load(cfg, tokenizer if same else student_tok)
         self.teacher_task = self.task if same else task_cls.load(cfg, tokenizer)
         sentences = [] if same else [s.words for split in self.task.sentences.values() for s in split]
-        if not same and any(stage not in self.progress for stage in (f"align_w{k}" for k in cfg.windows)):
+        if not same and any(s.alignment == "align" and s.name not in self.progress for s in self.steps):
             sentences += [s.words for s in sources.read_corpus(cfg.corpus)]
         self.teacher_inputs = teacher_inputs.plan_teacher_inputs(
             tokenizer, student_tok, sentences, level=cfg.alignment.level, names=(cfg.teacher, cfg.student),
@@ -172,6 +180,14 @@ class Pipeline:
     def _teacher(self, case: Case) -> dict:
         cfg = self.cfg
         encoder, _ = hub.load_encoder(cfg.teacher, cache_dir=cfg.cache_dir or None)
+        if case.head == cases.GIVEN:  # the checkpoint's own classifier, evaluated as it is
+            task = self.teacher_task
+            used = {t for split in task.sentences.values() for s in split for t in s.tags or ()}
+            head, note = own_teacher.load_head(cfg, task.vocab.labels, used, encoder.config.hidden_size)
+            best = TaskModel(encoder, head, train_encoder=False)
+            row = _jsonable({**own_teacher.score_as_is(case.row_name(), best, task), "note": note})
+            self._save_model(case.row_name(), best, case, row, model_name=cfg.teacher, task=task)
+            return row
         head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, case.row_name() + "_head"))
         model = TaskModel(encoder, head, train_encoder=case.trains_encoder)
         row, best = self._train_and_score(case.row_name(), model, case, task=self.teacher_task)
@@ -374,6 +390,16 @@ class Pipeline:
         words = lambda batch: self.teacher_rows("test").add_to_batch(batch, teacher_ids=False)
         return measure.token_cosine_to_teacher(model, batches, cache, prepare, with_words=words)
 
+    def _scope_notes(self, rows: dict) -> list[str]:
+        """What the run trained: the teacher's origin, and the rows config key ``cases`` left out."""
+        teacher = rows[self.teacher.row_name()]
+        notes = [teacher["note"]] if "note" in teacher else (
+            [] if self.teacher is cases.TEACHER_FT else [f"teacher: {self.teacher.about}"])
+        skipped = plan.not_trained(self.cfg)
+        if skipped:
+            notes.append(f"not trained (config key cases = {self.cfg.cases}): {', '.join(skipped)}")
+        return notes
+
     def _results(self, rows: dict, alignment: dict, seconds: float) -> dict:
         cfg = self.cfg
         teacher_total = rows[self.teacher.row_name()]["params"]["total"]
@@ -392,10 +418,11 @@ class Pipeline:
                 f"batch of {cfg.eval_batch_size} test rows padded to max_length {cfg.max_length}, every row's saved "
                 f"model timed in turn (interleaved)",
                 f"alignment features cached: {cfg.cache_features}",
-            ] + ([f"packed batches: fine-tunes and their evaluation run on rows of {cfg.max_length} positions "
+            ] + self._scope_notes(rows) + ([f"packed batches: fine-tunes and their evaluation run on rows of {cfg.max_length} positions "
                   "holding several sentences (block-diagonal attention, positions restarting per sentence)"]
                  if cfg.packing and cfg.task != "qa" else []),
             "alignment": alignment,
+            "cases": [c.name for c in cases.selected(cfg.cases)],
             "rows": out_rows,
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),

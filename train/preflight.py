@@ -9,18 +9,26 @@ they read (``path:line`` errors); this module checks that everything is there.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from alad_jax.config import Config
+from alad_jax.config import Config, dump_toml
 from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError
 from alad_jax.models import hub
+from alad_train import cases
 
 _WEIGHTS = (hub.SAFETENSORS, hub.SAFETENSORS_INDEX, hub.FLAX_MSGPACK)
 
 
+def needs_corpus(cfg: Config) -> bool:
+    """Whether a chosen case needs stage 1, the only reader of the corpus."""
+    return any(c.aligned for c in cases.selected(cfg.cases))
+
+
 def input_files(cfg: Config) -> list[tuple[str, str]]:
-    """(config key, path) of every file the run reads: task splits (file formats) and the stage-1 corpus."""
+    """(config key, path) of every file the run reads: task splits (file formats) and the stage-1 corpus
+    (when a chosen case needs stage 1)."""
     files = []
     if cfg.data.format in FILE_FORMATS:
         for split in ("train", "dev", "test"):
@@ -28,7 +36,8 @@ def input_files(cfg: Config) -> list[tuple[str, str]]:
             if split != "train" and source == "hash":  # a split of the train file, nothing to read
                 continue
             files.append((f"data.{split}", source))
-    files += [(f"corpus.paths[{i}]", source) for i, source in enumerate(cfg.corpus.paths)]
+    if needs_corpus(cfg):
+        files += [(f"corpus.paths[{i}]", source) for i, source in enumerate(cfg.corpus.paths)]
     return files
 
 
@@ -67,13 +76,14 @@ def check_model(key: str, name_or_path: str, *, cache_dir: str | None = None) ->
 def preflight(cfg: Config) -> None:
     """Raise one :class:`AladError` line if any input of ``cfg``'s run is missing.
 
-    Checked: the task's data files (unless ``data.format = "hf"``, whose
-    splits the task loads by name before stage 0), the stage-1 corpus files
-    and their format, and the teacher and student models with their tokenizers.
+    Checked: the case names (config key ``cases``), the task's data files (unless
+    ``data.format = "hf"``, whose splits the task loads by name before stage 0),
+    the stage-1 corpus files and their format (when a chosen case needs stage 1),
+    and the teacher and student models with their tokenizers.
     """
-    if cfg.corpus.format not in CORPUS_FORMATS:
+    if needs_corpus(cfg) and cfg.corpus.format not in CORPUS_FORMATS:
         raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use {' or '.join(CORPUS_FORMATS)}")
-    if not cfg.corpus.paths:
+    if needs_corpus(cfg) and not cfg.corpus.paths:
         raise AladError("config key 'corpus.paths' is empty; stage 1 needs at least one corpus file")
     problems = [p for key, source in input_files(cfg) if (p := _missing_file(key, source))]
     if problems:
@@ -83,3 +93,28 @@ def preflight(cfg: Config) -> None:
     check_model("teacher", cfg.teacher, cache_dir=cache_dir)
     if cfg.student != cfg.teacher:
         check_model("student", cfg.student, cache_dir=cache_dir)
+
+
+def check_run(cfg: Config, workdir: Path) -> str:
+    """``alad run --check``: the start-up checks, then the plan and what ``workdir`` already holds.
+
+    Trains nothing and writes nothing; raises the :class:`AladError` the run would raise at start-up.
+    """
+    from alad_train import own_teacher, plan  # the plan needs the case table only; keep preflight light
+    from alad_train.workdir import config_conflict
+
+    preflight(cfg)
+    teacher = own_teacher.teacher_case(cfg)
+    steps = plan.make_plan(cfg, teacher)
+    workdir = Path(workdir)
+    progress_file = workdir / "progress.json"
+    progress = json.loads(progress_file.read_text(encoding="utf-8")) if progress_file.is_file() else {}
+    lines = [f"config: resolved ({len(dump_toml(cfg).splitlines())} lines of TOML); inputs and models: found",
+             f"teacher: {cfg.teacher}: {teacher.about}",
+             f"workdir: {workdir} ({'a run with ' + str(len(progress)) + ' finished steps' if progress else 'new'})"]
+    conflict = config_conflict(workdir, cfg)
+    if conflict:
+        lines.append(f"warning: {conflict}: alad run would refuse it (same config to resume, --restart or another "
+                     "--workdir)")
+    lines.append(plan.format_plan(cfg, steps, progress, workdir))
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 A run writes everything into one directory; re-running the same command
 resumes it. The config is pinned at the first start (``config.toml``): a
 different config for a run that has started is refused with the fixes.
+What each subdirectory holds and what it costs on disk: docs/guide.md.
 """
 
 from __future__ import annotations
@@ -38,6 +39,33 @@ def _has_started(workdir: Path) -> bool:
         checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*")))
 
 
+def drop_finished_checkpoints(workdir: Path, progress: dict) -> list[str]:
+    """Delete ``checkpoints/<stage>`` of every stage ``progress`` records as finished; the names deleted.
+
+    A finished stage is never trained again (its outputs are in ``models/``,
+    ``adapters/`` and progress.json), so its resumable state is dead weight.
+    """
+    checkpoints = workdir / "checkpoints"
+    dropped = [name for name in progress if (checkpoints / name).is_dir()]
+    for name in dropped:
+        shutil.rmtree(checkpoints / name)
+    return dropped
+
+
+def drop_cache(workdir: Path) -> None:
+    """Delete the feature cache (``cache/``): a later run that needs it computes it again."""
+    shutil.rmtree(workdir / "cache", ignore_errors=True)
+
+
+def config_conflict(workdir: Path, cfg: Config) -> str | None:
+    """Why ``alad run`` would refuse ``cfg`` in ``workdir`` (a started run pinned another config), or None."""
+    config_path = workdir / "config.toml"
+    if not config_path.is_file() or not _has_started(workdir):
+        return None
+    old, new = config_path.read_text(encoding="utf-8"), dump_toml(cfg)
+    return None if old == new else f"{config_path} holds a different config ({_first_difference(old, new)})"
+
+
 def clear_run(workdir: Path) -> None:
     """Delete a run's outputs (RUN_OUTPUTS only: nothing else in ``workdir`` is touched)."""
     for name in RUN_OUTPUTS:
@@ -68,11 +96,11 @@ def prepare_workdir(workdir: Path, cfg: Config, *, restart: bool = False) -> Pat
     text = dump_toml(cfg)
     old = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
     if old is not None and old != text:
-        if _has_started(workdir):
+        conflict = config_conflict(workdir, cfg)
+        if conflict:
             raise AladError(
-                f"{config_path} holds a different config ({_first_difference(old, text)}); to resume, re-run with "
-                f"the same config and overrides; to start over, add --restart (deletes this run's outputs); "
-                f"or pick a new --workdir"
+                f"{conflict}; to resume, re-run with the same config and overrides; to start over, add --restart "
+                f"(deletes this run's outputs); or pick a new --workdir"
             )
         if distributed.is_primary():
             print(f"{workdir}: replacing the config of a run that never finished a stage", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Any
 from alad_jax.errors import AladError
 from alad_train import cases
 from alad_train.report.contract import _headline
+from alad_train.report.scope import cannot_conclude
 
 TEACHER = cases.TEACHER_FT.row_name()
 PROBE = cases.PROBE.row_name()
@@ -120,7 +121,7 @@ def _compare(nums: _Numbers, row: str, reference: str) -> tuple[str, str | None]
     """A bullet comparing two rows on test, and ``"better"``/``"worse"``/``"same"`` (None if a row is missing)."""
     missing = [n for n in (row, reference) if n not in nums.test]
     if missing:
-        return f"- {row} vs {reference}: cannot compare, row {', '.join(missing)} missing", None
+        return f"- {row} vs {reference}: not measured, {', '.join(missing)} not trained in this run", None
     a, b = nums.test[row], nums.test[reference]
     delta = nums.points(a, b)
     outcome = "same" if round(delta, 2) == 0 else ("better" if delta > 0 else "worse")
@@ -159,7 +160,7 @@ def _did_alignment_help(nums: _Numbers, windows: list[int], unfair: list[str] = 
         joint_line, _ = _compare(nums, cases.JOINT.row_name(k), STUDENT_FT)
         lines += [probe_line, noalign_line, joint_line]
         if vs_probe is None or vs_noalign is None:
-            verdict = "cannot tell, rows are missing"
+            verdict = "cannot tell, a row it needs was not trained in this run"
         elif vs_probe == vs_noalign == "better":
             verdict = (f"yes: {frozen} beats both the linear probe and the same adapter trained "
                        "without alignment")
@@ -214,6 +215,7 @@ def render_markdown(results: dict) -> str:
     lines += fair_lines
     lines += _did_alignment_help(nums, windows, unfair)
     lines += _what_did_it_cost(nums, windows)
+    lines += cannot_conclude(results)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
