@@ -29,7 +29,8 @@ from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from alad_train import pipeline
+from alad_train import pipeline, predictions
+from alad_train.report import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = ROOT.parent / "shared" / "check_results.py"
@@ -113,6 +114,34 @@ def test_results_json_meets_the_contract(finished):
     if CHECKER.is_file():
         check = subprocess.run([sys.executable, str(CHECKER), str(workdir)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+def test_saved_predictions_reproduce_every_row_score(finished):
+    """Each row's dev and test files, scored again, give exactly the row's numbers (one code path)."""
+    workdir, results = finished
+    for row in results["rows"]:
+        for split, sentences in (("dev", 16), ("test", 16)):
+            header, records = predictions.read(predictions.path(workdir, row["name"], split))
+            assert len(records) == sentences and all(len(r["gold"]) == len(r["pred"]) == len(r["words"])
+                                                     for r in records)
+            assert predictions.score_records("pos", records)["accuracy"] == header["score"] == row[split], row["name"]
+
+
+def test_results_carry_paired_intervals_for_every_comparison(finished):
+    workdir, results = finished
+    on_disk = json.loads((workdir / "results.json").read_text())
+    test = {r["name"]: r["test"] for r in on_disk["rows"]}
+    pairs = [(c["a"], c["b"]) for c in on_disk["comparisons"]]
+    assert pairs == [("alad_w3_frozen", "student_probe"), ("alad_w3_frozen", "alad_w3_noalign_frozen"),
+                     ("alad_w3_joint", "student_ft")]
+    for c in on_disk["comparisons"]:
+        assert c["diff"] == pytest.approx(test[c["a"]] - test[c["b"]])
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["unit"] == "sentences" and c["resamples"] == 10_000
+        assert c["verdict"] == ("better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else
+                                "no detectable difference")
+    assert on_disk == {**on_disk, **statistics.run_intervals(workdir, "pos", list(test))}  # seeded: reproducible
+    assert {g["row"] for g in on_disk["gap_recovered"]} == set(ROWS) - {"teacher", "student_probe"}
+    assert "paired bootstrap 95% interval" in (workdir / "results.md").read_text()
 
 
 def test_parameter_accounting_is_exact(finished):
