@@ -161,6 +161,9 @@ class Config:
     max_query_length: int = 64
     head_dropout: float = 0.1
     seed: int = 0
+    # Several seeds (e.g. [0, 1, 2]): one whole run per seed in WORKDIR/seed_<s>, reported as mean, std and
+    # intervals across seeds (docs/statistics.md); empty: one run with `seed` in WORKDIR.
+    seeds: list[int] = dataclasses.field(default_factory=list)
     cache_dir: str = ""  # Hugging Face cache directory ("" = the library default)
     eval_batch_size: int = 32  # also the latency batch: its program is already compiled by evaluation
     latency_batches: int = 20  # timed forwards per row (rows take turns)
@@ -182,6 +185,8 @@ class Config:
                 raise AladError(f"config key 'windows' holds {k}; window sizes must be odd and positive (1, 3, 5, ...)")
         if len(set(self.windows)) != len(self.windows):
             raise AladError(f"config key 'windows' repeats a size: {self.windows}")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise AladError(f"config key 'seeds' is {self.seeds}; give distinct non-negative seeds, e.g. seeds=[0,1,2]")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use {' or '.join(MATMUL_DTYPES)}")
         if self.alignment.level not in ("token", "word"):
