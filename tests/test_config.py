@@ -71,3 +71,11 @@ def test_values_are_parsed_as_toml_literals_never_evaluated():
     assert parse_value("[1, 3]") == [1, 3]
     assert parse_value("__import__('os')") == "__import__('os')"
     assert parse_value("runs/x") == "runs/x"
+
+
+def test_seeds_must_be_distinct_and_non_negative():
+    assert load_config(None, ["seeds=[0,1,2]"]).seeds == [0, 1, 2]
+    assert load_config(None, []).seeds == []  # one seed (`seed`) stays the default
+    for bad in ("seeds=[0,0]", "seeds=[-1]"):
+        with pytest.raises(AladError, match="config key 'seeds'"):
+            load_config(None, [bad])

@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file
@@ -29,7 +30,8 @@ from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from alad_train import pipeline
+from alad_train import pipeline, predictions
+from alad_train.report import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = ROOT.parent / "shared" / "check_results.py"
@@ -113,6 +115,34 @@ def test_results_json_meets_the_contract(finished):
     if CHECKER.is_file():
         check = subprocess.run([sys.executable, str(CHECKER), str(workdir)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+def test_saved_predictions_reproduce_every_row_score(finished):
+    """Each row's dev and test files, scored again, give exactly the row's numbers (one code path)."""
+    workdir, results = finished
+    for row in results["rows"]:
+        for split, sentences in (("dev", 16), ("test", 16)):
+            header, records = predictions.read(predictions.path(workdir, row["name"], split))
+            assert len(records) == sentences and all(len(r["gold"]) == len(r["pred"]) == len(r["words"])
+                                                     for r in records)
+            assert predictions.score_records("pos", records)["accuracy"] == header["score"] == row[split], row["name"]
+
+
+def test_results_carry_paired_intervals_for_every_comparison(finished):
+    workdir, results = finished
+    on_disk = json.loads((workdir / "results.json").read_text())
+    test = {r["name"]: r["test"] for r in on_disk["rows"]}
+    pairs = [(c["a"], c["b"]) for c in on_disk["comparisons"]]
+    assert pairs == [("alad_w3_frozen", "student_probe"), ("alad_w3_frozen", "alad_w3_noalign_frozen"),
+                     ("alad_w3_joint", "student_ft")]
+    for c in on_disk["comparisons"]:
+        assert c["diff"] == pytest.approx(test[c["a"]] - test[c["b"]])
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["unit"] == "sentences" and c["resamples"] == 10_000
+        assert c["verdict"] == ("better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else
+                                "no detectable difference")
+    assert on_disk == {**on_disk, **statistics.run_intervals(workdir, "pos", list(test))}  # seeded: reproducible
+    assert {g["row"] for g in on_disk["gap_recovered"]} == set(ROWS) - {"teacher", "student_probe"}
+    assert "paired bootstrap 95% interval" in (workdir / "results.md").read_text()
 
 
 def test_parameter_accounting_is_exact(finished):
@@ -235,6 +265,55 @@ def test_run_killed_in_cache_alignment_and_fine_tuning_resumes_each_where_it_sto
     # The resumed stage's total counts the interrupted session's training too.
     align = json.loads((workdir / "progress.json").read_text())["align_w3"]
     assert align["wall_seconds"] >= align["train_seconds"] > 0
+
+
+def test_seeds_run_in_their_own_directories_and_resume_after_a_kill_in_seed_2(tiny, finished, tmp_path):
+    """``--seeds 0,1,2``: seed 0's run is the one-seed run (its finished work directory is reused as is), seed 1
+    runs, a SIGKILL inside seed 2's stage 1 stops everything; run again: seeds 0 and 1 train nothing, seed 2
+    continues after its checkpoint, and results.json holds mean and std per row and intervals across seeds."""
+    _, overrides, env = tiny
+    workdir, log = tmp_path / "seeds", tmp_path / "steps.jsonl"
+    workdir.mkdir()
+    shutil.copytree(finished[0], workdir / "seed_0")
+
+    def run(kill: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(WORKER), str(log), kill, "run", "--workdir", str(workdir),
+                               "--seeds", "0,1,2", *overrides], capture_output=True, text=True, env=env, timeout=1800)
+
+    out = run(f"seed_2/align_w3:{CHECKPOINT_EVERY + 1}")
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    assert {json.loads(line)["run"] for line in log.read_text().splitlines()} == {"seed_1", "seed_2"}
+    assert (workdir / "seed_1" / "results.json").is_file() and not (workdir / "seed_2" / "results.json").exists()
+    assert _latest_checkpoint(workdir / "seed_2" / "checkpoints" / "align_w3") == CHECKPOINT_EVERY
+    log.unlink()
+
+    out = run("none")
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {entry["run"] for entry in resumed} == {"seed_2"}
+    assert resumed[0]["stage"] == "align_w3" and resumed[0]["steps"][0] == CHECKPOINT_EVERY + 1
+
+    results = json.loads((workdir / "results.json").read_text())
+    per_seed = {s: {r["name"]: r for r in json.loads((workdir / f"seed_{s}" / "results.json").read_text())["rows"]}
+                for s in (0, 1, 2)}
+    assert results["seeds"] == [0, 1, 2] and [r["name"] for r in results["rows"]] == ROWS
+    assert len({json.dumps(per_seed[s]["alad_w3_frozen"]["history"]) for s in (0, 1, 2)}) == 3  # seeds differ
+    for row in results["rows"]:
+        for split in ("dev", "test"):
+            values = [per_seed[s][row["name"]][split] for s in (0, 1, 2)]
+            assert row[split] == pytest.approx(np.mean(values))
+            assert row[f"{split}_std"] == pytest.approx(np.std(values, ddof=1))
+        assert [p["seed"] for p in row["per_seed"]] == [0, 1, 2]
+    for c in results["comparisons"]:
+        assert c["seeds"] == [0, 1, 2] and c["unit"] == "seeds x sentences" and c["ci_low"] <= c["ci_high"]
+        assert c["diff"] == pytest.approx(np.mean([per_seed[s][c["a"]]["test"] - per_seed[s][c["b"]]["test"]
+                                                   for s in (0, 1, 2)]))
+    assert sorted({c["seed"] for c in results["seed_comparisons"]}) == [0, 1, 2]
+    assert len(results["seed_comparisons"]) == 9
+    assert "### Per seed" in (workdir / "results.md").read_text()
+    if CHECKER.is_file():
+        check = subprocess.run([sys.executable, str(CHECKER), str(workdir)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
 
 
 def test_bad_input_is_one_clear_line(tiny, tmp_path):

@@ -14,8 +14,10 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from alad_jax.errors import AladError
+from alad_jax.metrics import bootstrap
 from alad_train.report import (
     ScalarLogger,
+    statistics,
     alignment_series,
     format_summary,
     gap_recovered,
@@ -149,20 +151,35 @@ def test_markdown_gap_recovered_for_known_case(tmp_path):
     assert table["teacher"][8] == "0" and table["teacher"][10] == "-"
 
 
+def _with_intervals(results, half_width=0.01, **widths):
+    """Give results the comparisons of "Did alignment help?": each point difference -+ ``half_width`` (metric
+    units), or -+ ``widths[a]`` for comparisons of row ``a``."""
+    metric = results["metric"]
+    test = {r["name"]: r["test"][metric] if isinstance(r["test"], dict) else r["test"] for r in results["rows"]}
+    results["comparisons"] = []
+    for a, b in statistics.pairs([3]):
+        diff, width = test[a] - test[b], widths.get(a, half_width)
+        results["comparisons"].append({"a": a, "b": b, "diff": diff, "ci_low": diff - width, "ci_high": diff + width,
+                                       "verdict": bootstrap.verdict(diff - width, diff + width),
+                                       "unit": "sentences", "resamples": 10_000})
+    return results
+
+
 def _with_histories(results, curves, stopped="plateau"):
-    """Give every row a stopping record; ``curves`` maps row name -> (dev history, how it stopped)."""
+    """Give every row a stopping record; ``curves`` maps row name -> (dev history, how it stopped); by default
+    a plateau two epochs after the best (patience 2)."""
     for row in results["rows"]:
-        dev, how = curves.get(row["name"], ([0.5, row["dev"], row["dev"]], stopped))
+        dev, how = curves.get(row["name"], ([0.5, row["dev"], row["dev"], row["dev"]], stopped))
         row.update(history=[{"epoch": i + 1, "dev": d} for i, d in enumerate(dev)], epochs_run=len(dev),
                    best_epoch=int(max(range(len(dev)), key=lambda i: dev[i])) + 1, stopped=how)
     return results
 
 
 def test_settled_comparison_says_so_and_shows_epochs(tmp_path):
-    write_results(tmp_path, _with_histories(_pos_results(), {}))
+    write_results(tmp_path, _with_intervals(_with_histories(_pos_results(), {})))
     md = (tmp_path / "results.md").read_text()
     table = _table_rows(md)
-    assert table["alad_w3_frozen"][4:6] == ["3 (2)", "plateau"]
+    assert table["alad_w3_frozen"][4:6] == ["4 (2)", "plateau"]
     assert "- Yes: every row reached its plateau" in _section(md, "Is the comparison fair?")
     assert "- Verdict: yes:" in _section(md, "Did alignment help?")
 
@@ -170,7 +187,7 @@ def test_settled_comparison_says_so_and_shows_epochs(tmp_path):
 def test_row_at_its_cap_while_rising_makes_the_verdict_unsettled(tmp_path):
     results = _with_histories(_pos_results(), {"alad_w3_noalign_frozen": ([0.70, 0.76, 0.80], "cap"),
                                                "student_ft": ([0.80, 0.86, 0.861], "cap")})  # +0.1 point: settled
-    write_results(tmp_path, results)
+    write_results(tmp_path, _with_intervals(results))
     md = (tmp_path / "results.md").read_text()
     table = _table_rows(md)
     assert table["alad_w3_noalign_frozen"][5] == "cap **still rising**"
@@ -182,7 +199,7 @@ def test_row_at_its_cap_while_rising_makes_the_verdict_unsettled(tmp_path):
 def test_row_above_the_teacher_on_dev_voids_the_gap_column(tmp_path):
     results = _pos_results()
     results["rows"][5]["dev"] = 0.95  # alad_w3_joint above the teacher's 0.91
-    write_results(tmp_path, _with_histories(results, {}))
+    write_results(tmp_path, _with_intervals(_with_histories(results, {})))
     md = (tmp_path / "results.md").read_text()
     assert all(cells[3] == "-" for cells in _table_rows(md).values())
     assert "alad_w3_joint beat the teacher on dev: the teacher is under-trained" in _section(md, "Is the comparison fair?")
@@ -198,28 +215,90 @@ def test_gap_is_dash_when_teacher_equals_probe(tmp_path):
 
 
 def test_alignment_verdict_reports_a_gain(tmp_path):
-    write_results(tmp_path, _pos_results(frozen=0.84, noalign=0.79, joint=0.86, student_ft=0.85))
+    write_results(tmp_path, _with_intervals(_pos_results(frozen=0.84, noalign=0.79, joint=0.86, student_ft=0.85),
+                                            alad_w3_joint=0.005))
     help_ = _section((tmp_path / "results.md").read_text(), "Did alignment help?")
-    assert "- alad_w3_frozen vs student_probe: +14.00 points (0.8400 vs 0.7000), better" in help_
-    assert "- alad_w3_frozen vs alad_w3_noalign_frozen: +5.00 points (0.8400 vs 0.7900), better" in help_
-    assert "- alad_w3_joint vs student_ft: +1.00 points (0.8600 vs 0.8500), better" in help_
+    assert "paired bootstrap 95% interval of the difference, 10,000 resamples of sentences." in help_
+    assert "- alad_w3_frozen vs student_probe: +14.00 points [+13.00, +15.00] (0.8400 vs 0.7000), better" in help_
+    assert "- alad_w3_frozen vs alad_w3_noalign_frozen: +5.00 points [+4.00, +6.00] (0.8400 vs 0.7900), better" in help_
+    assert "- alad_w3_joint vs student_ft: +1.00 points [+0.50, +1.50] (0.8600 vs 0.8500), better" in help_
     assert "- Verdict: yes:" in help_
 
 
-def test_alignment_verdict_reports_a_loss_when_frozen_is_below_probe(tmp_path):
-    write_results(tmp_path, _pos_results(frozen=0.65, noalign=0.79, joint=0.80, student_ft=0.85))
+def test_a_positive_difference_whose_interval_holds_zero_is_no_detectable_difference(tmp_path):
+    """The issue's case: +0.16 points with interval [-0.33, +0.65] is not "better", and the verdict is no."""
+    results = _with_intervals(_pos_results(frozen=0.8683, noalign=0.8667), alad_w3_frozen=0.0049)
+    results["comparisons"][0].update(ci_low=0.1, ci_high=0.2, verdict="better")  # vs the probe: clear
+    write_results(tmp_path, results)
     help_ = _section((tmp_path / "results.md").read_text(), "Did alignment help?")
-    assert "- alad_w3_frozen vs student_probe: -5.00 points (0.6500 vs 0.7000), worse" in help_
-    assert "- alad_w3_frozen vs alad_w3_noalign_frozen: -14.00 points (0.6500 vs 0.7900), worse" in help_
-    assert "- alad_w3_joint vs student_ft: -5.00 points (0.8000 vs 0.8500), worse" in help_
-    assert "- Verdict: no: alad_w3_frozen does not beat student_probe and alad_w3_noalign_frozen" in help_
-    assert "better" not in help_ and "yes" not in help_
+    assert ("- alad_w3_frozen vs alad_w3_noalign_frozen: +0.16 points [-0.33, +0.65] (0.8683 vs 0.8667), "
+            "no detectable difference") in help_
+    assert "- Verdict: no: alad_w3_frozen does not beat alad_w3_noalign_frozen (no detectable difference)\n" in help_
+
+
+def test_without_intervals_no_comparison_is_called_better(tmp_path):
+    write_results(tmp_path, _pos_results(frozen=0.84, noalign=0.79))
+    help_ = _section((tmp_path / "results.md").read_text(), "Did alignment help?")
+    assert ("- alad_w3_frozen vs alad_w3_noalign_frozen: +5.00 points (0.8400 vs 0.7900), no interval (the rows "
+            "saved no test predictions)") in help_
+    assert "- Verdict: cannot tell without intervals" in help_
+    assert "better" not in help_
+
+
+def test_alignment_verdict_reports_a_loss_when_frozen_is_below_probe(tmp_path):
+    write_results(tmp_path, _with_intervals(_pos_results(frozen=0.65, noalign=0.79, joint=0.80, student_ft=0.85)))
+    help_ = _section((tmp_path / "results.md").read_text(), "Did alignment help?")
+    assert "- alad_w3_frozen vs student_probe: -5.00 points [-6.00, -4.00] (0.6500 vs 0.7000), worse" in help_
+    assert "- alad_w3_frozen vs alad_w3_noalign_frozen: -14.00 points [-15.00, -13.00] (0.6500 vs 0.7900), worse" in help_
+    assert "- alad_w3_joint vs student_ft: -5.00 points [-6.00, -4.00] (0.8000 vs 0.8500), worse" in help_
+    assert ("- Verdict: no: alad_w3_frozen does not beat student_probe (worse) and alad_w3_noalign_frozen (worse)"
+            in help_)
+    assert ", better" not in help_ and "yes" not in help_
 
 
 def test_verdict_names_only_the_comparison_that_failed(tmp_path):
-    write_results(tmp_path, _pos_results(frozen=0.75, noalign=0.79))
+    write_results(tmp_path, _with_intervals(_pos_results(frozen=0.75, noalign=0.79)))
     help_ = _section((tmp_path / "results.md").read_text(), "Did alignment help?")
-    assert "- Verdict: no: alad_w3_frozen does not beat alad_w3_noalign_frozen\n" in help_
+    assert "- Verdict: no: alad_w3_frozen does not beat alad_w3_noalign_frozen (worse)\n" in help_
+
+
+def test_gap_column_carries_its_interval(tmp_path):
+    results = _pos_results()
+    results["gap_recovered"] = [{"row": "alad_w3_frozen", "value": 70.0, "ci_low": 61.25, "ci_high": 78.5,
+                                 "resamples": 10_000}]
+    write_results(tmp_path, results)
+    md = (tmp_path / "results.md").read_text()
+    assert _table_rows(md)["alad_w3_frozen"][3] == "70.0% [61.2, 78.5]"
+    assert _table_rows(md)["alad_w3_head"][3] == "50.0%"
+    assert "on test [its paired bootstrap 95% interval]." in md
+
+
+def test_teacher_with_its_best_in_its_last_two_epochs_is_not_the_ceiling(tmp_path):
+    """Stopped by patience 1 (best at 7 of 8): not shown to be finished, and the verdict is unsettled."""
+    results = _with_histories(_pos_results(), {"teacher": ([0.6, 0.8, 0.85, 0.88, 0.9, 0.905, 0.91, 0.909],
+                                                           "plateau")})
+    write_results(tmp_path, _with_intervals(results))
+    md = (tmp_path / "results.md").read_text()
+    assert "- No: teacher's best dev epoch (7 of 8) is one of its last two" in _section(md, "Is the comparison fair?")
+    assert "- Verdict: unsettled (" in _section(md, "Did alignment help?")
+
+
+def test_several_seeds_show_mean_and_spread_and_per_seed_differences(tmp_path):
+    results = _with_intervals(_pos_results())
+    results["seeds"] = [0, 1, 2]
+    for c in results["comparisons"]:
+        c.update(unit="seeds x sentences", seeds=[0, 1, 2])
+    results["rows"][4].update(dev_std=0.004, test_std=0.0123)
+    results["seed_comparisons"] = [{**results["comparisons"][1], "seed": 2, "diff": 0.02, "ci_low": -0.001,
+                                    "ci_high": 0.04, "verdict": "no detectable difference"}]
+    write_results(tmp_path, results)
+    md = (tmp_path / "results.md").read_text()
+    assert _table_rows(md)["alad_w3_frozen"][1:3] == ["0.8500 ± 0.0040", "0.8400 ± 0.0123"]
+    help_ = _section(md, "Did alignment help?")
+    assert ("resamples of seeds x sentences; 3 seeds (0, 1, 2): each resample draws seeds, then each drawn seed's "
+            "test sentences, so the interval includes seed-to-seed variation") in help_
+    assert ("- seed 2: alad_w3_frozen vs alad_w3_noalign_frozen: +2.00 points [-0.10, +4.00], "
+            "no detectable difference") in help_
 
 
 def test_cost_section_reports_adapter_share_and_latency_ratio(tmp_path):
@@ -243,7 +322,7 @@ def _qa_results():
 
 
 def test_qa_dict_metrics_use_the_headline_on_a_percent_scale(tmp_path):
-    write_results(tmp_path, _qa_results())
+    write_results(tmp_path, _with_intervals(_qa_results(), half_width=1.0))
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["rows"][4]["test"] == {"f1": 62.0, "exact": 52.0}
     _assert_contract(data)
@@ -253,8 +332,8 @@ def test_qa_dict_metrics_use_the_headline_on_a_percent_scale(tmp_path):
     assert table["alad_w3_frozen"][1:4] == ["63.00 (exact 53.00)", "62.00 (exact 52.00)", "55.0%"]  # 22 / 40
     help_ = _section(md, "Did alignment help?")
     assert "(1 point = 1 f1)" in help_
-    assert "- alad_w3_frozen vs student_probe: +22.00 points (62.00 vs 40.00), better" in help_
-    assert "- alad_w3_joint vs student_ft: +3.00 points (58.00 vs 55.00), better" in help_
+    assert "- alad_w3_frozen vs student_probe: +22.00 points [+21.00, +23.00] (62.00 vs 40.00), better" in help_
+    assert "- alad_w3_joint vs student_ft: +3.00 points [+2.00, +4.00] (58.00 vs 55.00), better" in help_
 
 
 def test_dict_metric_without_headline_is_an_error(tmp_path):

@@ -116,3 +116,22 @@ def test_named_block_and_stopping_column(workdir, tmp_path):
     readme = f"a\n{TABLE.BEGIN}\nkeep\n{TABLE.END}\n{begin}\nold\n{end}\nz\n"
     out = TABLE.replace_block(readme, "new\n", "README.md", "ner")
     assert out == f"a\n{TABLE.BEGIN}\nkeep\n{TABLE.END}\n{begin}\nnew\n{end}\nz\n"
+
+
+def test_seeds_and_intervals_appear_in_the_table(workdir):
+    """A several-seed results.json: mean ± std cells, the gap's interval, and every comparison's interval."""
+    import json
+
+    results = json.loads((workdir / "results.json").read_text())
+    results["seeds"] = [0, 1, 2]
+    results["rows"][4].update(dev_std=0.0042, test_std=0.0061)
+    results["gap_recovered"] = [{"row": "alad_w3_frozen", "value": 70.0, "ci_low": 60.04, "ci_high": 80.06}]
+    results["comparisons"] = [{"a": "alad_w3_frozen", "b": "alad_w3_noalign_frozen", "diff": 0.05, "ci_low": -0.002,
+                               "ci_high": 0.1, "verdict": "no detectable difference", "unit": "seeds x sentences",
+                               "resamples": 10_000, "seeds": [0, 1, 2]}]
+    table = TABLE.render(results, "runs/x/results.json")
+    assert "(3 seeds (0, 1, 2), mean ± standard deviation)" in table.splitlines()[0]
+    frozen = next(line for line in table.splitlines() if line.startswith("| alad_w3_frozen "))
+    assert frozen.startswith("| alad_w3_frozen | 0.850 ± 0.004 | 0.840 ± 0.006 | 70.0% [60.0, 80.1] |")
+    assert "- alad_w3_frozen - alad_w3_noalign_frozen: +5.00 [-0.20, +10.00], no detectable difference" in table
+    assert "3 seeds: resampling seeds and, within each, test sentences" in table

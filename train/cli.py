@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true",
                      help="resolve the config, check every input and model, print the plan of stages and rows "
                           "(and what the work directory already holds); train nothing")
+    run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one whole run per seed in WORKDIR/seed_<s>, "
+                                     "reported with means, stds and intervals across seeds (same as seeds=[0,1,2])")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
 
     compress = sub.add_parser("compress", help="make a compressed student checkpoint")
@@ -117,7 +119,7 @@ def _run(args) -> int:
     from alad_jax.config import load_config
 
     # Before joining the others: a bad config stops every worker at once, none waits for its peers.
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides + ([f"seeds=[{args.seeds}]"] if args.seeds else []))
     cases.selected(config.cases)
     name = Path(args.config).stem if args.config else "default"
     workdir = Path(args.workdir or Path("runs") / name)
@@ -131,12 +133,12 @@ def _run(args) -> int:
     if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
         return supervised
 
-    from alad_train import pipeline
+    from alad_train import seeds
 
     distributed.initialize()
     try:
         _enable_compilation_cache()
-        results = pipeline.run(config, workdir, restart=args.restart)
+        results = seeds.run(config, workdir, restart=args.restart)  # one seed: pipeline.run
         distributed.finished()
     except BaseException as e:
         distributed.fail(e)  # several processes: tells the others, prints one line, exits; one process: no-op

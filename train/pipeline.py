@@ -34,7 +34,7 @@ from alad_jax.inference.saved_model import load_aligned_model, load_info, save_a
 from alad_jax.models import compress, hub
 from alad_jax.models.task_model import TaskModel
 from alad_jax.param_count import count_params
-from alad_train import cases, measure, models, own_teacher, plan, report, tasks
+from alad_train import cases, measure, models, own_teacher, plan, predictions, report, tasks
 from alad_train.cases import Case
 from alad_train.loop import Objective, fit
 from alad_train.preflight import preflight
@@ -273,10 +273,8 @@ class Pipeline:
             higher_is_better=True, prepare=train_prepare,
         )
         best = result.model
-        # A fit that selected on the full model already scored exactly this one on dev; one that
-        # selected on the cached student's output did not.
-        dev_score, dev_metrics = task.evaluate(best, "dev") if cached else _best_evaluation(result)
-        test_score, test_metrics = task.evaluate(best, "test")
+        (dev_score, dev_metrics), (test_score, test_metrics) = (
+            self._predict_and_save(name, task, best, split) for split in ("dev", "test"))
         if self.cfg.task == "qa":  # both headline numbers, as SQuAD reports them
             dev_score = {"f1": dev_metrics["f1"], "exact": dev_metrics["exact"]}
             test_score = {"f1": test_metrics["f1"], "exact": test_metrics["exact"]}
@@ -292,6 +290,15 @@ class Pipeline:
             "resumed_seconds": result.resumed_seconds, **_stopping(result),
         }
         return _jsonable(row), best
+
+    def _predict_and_save(self, name: str, task, model: TaskModel, split: str) -> tuple[float, dict]:
+        """(score, metrics) of ``model`` on ``split``, scored from the very records written to
+        ``predictions/<row>.<split>.jsonl`` (:mod:`.predictions`): the file reproduces the row's numbers."""
+        records, meta = task.predict(model, split)
+        score, metrics = task.score(records, meta)
+        if distributed.is_primary():
+            predictions.write(self.workdir, name, split, task=self.cfg.task, records=records, score=score, meta=meta)
+        return score, metrics
 
     # -- alignment stages 1 and 2 ----------------------------------------------------------------
     def _alignment_rows(self, stage: str):
@@ -424,6 +431,8 @@ class Pipeline:
             "alignment": alignment,
             "cases": [c.name for c in cases.selected(cfg.cases)],
             "rows": out_rows,
+            # paired bootstrap intervals from the rows' saved test predictions (docs/statistics.md)
+            **(report.run_intervals(self.workdir, cfg.task, list(rows)) if distributed.is_primary() else {}),
             "metric_scale": 100 if cfg.task == "qa" else 1,
             "seconds": round(seconds, 1),
             # of all positions every stage's train steps computed on, the share that was padding
@@ -440,12 +449,6 @@ def _stopping(result) -> dict:
     return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "padding": None if result.padding is None else round(result.padding, 4), "positions": result.positions,
             "history": result.history}
-
-
-def _best_evaluation(result) -> tuple[float, dict]:
-    """(score, metrics) of the best epoch's evaluation, as ``evaluate`` returned them."""
-    record = next(r for r in result.history if r["epoch"] == result.best_epoch)
-    return record["dev"], {k: v for k, v in record.items() if k not in ("epoch", "dev", "step", "train_loss")}
 
 
 def _padding(stages: list[dict]) -> float | None:

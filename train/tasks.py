@@ -18,10 +18,10 @@ from flax import nnx
 from alad_jax.config import Config, StageConfig
 from alad_jax.data import batching, qa, readers, sources, splits, tagging
 from alad_jax.errors import AladError
-from alad_jax.metrics import squad_v2_scores, tagging_scores
 from alad_jax.models import task_model
 from alad_jax.models.heads import QAHead, TaggingHead
 from alad_train import models
+from alad_train import predictions as predictions_file
 
 Batch = dict[str, np.ndarray]
 
@@ -130,8 +130,9 @@ class TaggingTask:
         """The split's token rows, labels dropped (what continual alignment reads)."""
         return self.features[split]
 
-    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
-        """Word-level metric of ``model`` on a split: (headline score, all metrics).
+    def predict(self, model: nnx.Module, split: str, prepare=None) -> tuple[list[dict], dict]:
+        """Per sentence of a split: its words, gold and predicted labels (:mod:`alad_train.predictions`),
+        and ``{}`` (no prediction-wide settings). What :meth:`evaluate` scores.
 
         ``prepare(batch)`` may add cached arrays (e.g. a frozen encoder's output) to each batch.
         """
@@ -146,10 +147,17 @@ class TaggingTask:
             predictions = batching.rows_from_batches(batches, outputs, len(feats.input_ids))
         words = tagging.stitch_predictions(feats, predictions)
         labels = self.vocab.labels
-        pred = [[labels[i] for i in sent] for sent in words]
-        gold = [list(s.tags) for s in self.sentences[split]]
-        metrics = tagging_scores(self.cfg.task, gold, pred)
-        return float(metrics[self.metric]), metrics
+        return [{"words": list(s.words), "gold": list(s.tags), "pred": [labels[i] for i in sent]}
+                for s, sent in zip(self.sentences[split], words)], {}
+
+    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+        """Word-level metric of ``model`` on a split: (headline score, all metrics)."""
+        return self.score(*self.predict(model, split, prepare))
+
+    def score(self, records: list[dict], meta: dict) -> tuple[float, dict]:
+        """(headline, all metrics) of :meth:`predict`'s output, by the scorer that reads saved predictions."""
+        metrics = predictions_file.score_records(self.cfg.task, records)
+        return float(metrics[self.metric]), {**metrics, **meta}
 
 
 def pack_gap(model: nnx.Module) -> int:
@@ -271,15 +279,25 @@ class QATask:
         start, end = self._logits(model, split, prepare)
         return qa.postprocess_qa(self.examples[split], self.features[split], start, end, null_threshold=math.inf)
 
-    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
-        """F1 (headline) and EM with the null threshold tuned on dev (on dev itself for dev).
+    def predict(self, model: nnx.Module, split: str, prepare=None) -> tuple[list[dict], dict]:
+        """Per question of a split: its id, predicted answer text ("" = no answer) and gold answers, with the
+        null threshold tuned on dev (on dev itself for dev); and ``{"null_threshold": ..}``.
 
         ``prepare`` applies to the evaluated split's batches only (a cache is per split).
         """
         dev_spans, dev_diffs = self._answers(model, "dev", prepare if split == "dev" else None)
         threshold = qa.best_null_threshold(self.examples["dev"], dev_diffs, dev_spans)
         spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split, prepare)
-        predictions = qa.apply_null_threshold(spans, diffs, threshold)
-        scores = squad_v2_scores(self.examples[split], predictions)
-        scores["null_threshold"] = qa.threshold_to_json(threshold)  # strict JSON: +-inf as strings
-        return float(scores["f1"]), scores
+        answers = qa.apply_null_threshold(spans, diffs, threshold)
+        records = [{"id": e.id, "pred": answers[e.id], "answers": [a.text for a in e.answers]}
+                   for e in self.examples[split]]
+        return records, {"null_threshold": qa.threshold_to_json(threshold)}  # strict JSON: +-inf as strings
+
+    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+        """F1 (headline) and EM in percent, with the null threshold (see :meth:`predict`)."""
+        return self.score(*self.predict(model, split, prepare))
+
+    def score(self, records: list[dict], meta: dict) -> tuple[float, dict]:
+        """(headline, all metrics) of :meth:`predict`'s output, by the scorer that reads saved predictions."""
+        scores = predictions_file.score_records("qa", records)
+        return float(scores["f1"]), {**scores, **meta}

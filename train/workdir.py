@@ -29,7 +29,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 # What a run writes into its work directory; `--restart` removes these (cache/ is keyed by content: kept).
 RUN_OUTPUTS = ("config.toml", "progress.json", "results.json", "results.md", "checkpoints", "models", "adapters",
-               "plots", "tensorboard")
+               "plots", "tensorboard", "predictions")
 
 
 def _has_started(workdir: Path) -> bool:

@@ -6,13 +6,14 @@ KILL is one of
 
 - ``none``: run to the end;
 - ``STAGE:STEP``: die right after optimizer step STEP of stage STAGE (e.g.
-  ``alad_w3_frozen:22``), before that step can be checkpointed;
+  ``alad_w3_frozen:22``), before that step can be checkpointed; ``RUN/STAGE:STEP`` only in the
+  run whose work directory is named RUN (a seed's: ``seed_2/align_w3:9``);
 - ``cache``: die while the first feature cache is being written: its first
   array is on disk, the second only half, and the directory not yet renamed
   into place.
 
-Every training stage that finishes appends one JSON line ``{"stage", "steps"}``
-to LOG: the optimizer steps that call of ``fit`` ran (a resumed stage starts
+Every training stage that finishes appends one JSON line ``{"stage", "run", "steps"}``
+to LOG (``run``: the name of the stage's work directory): the optimizer steps that call of ``fit`` ran (a resumed stage starts
 after its checkpoint). The death is a real SIGKILL: no cleanup, no flush.
 """
 
@@ -41,15 +42,16 @@ def record_steps(log: Path, kill_stage: str | None = None, kill_step: int = 0) -
 
     def fit(*args, **kwargs):
         name, steps = kwargs["name"], []
+        run = Path(kwargs["checkpoint_dir"]).parents[1].name  # WORKDIR/checkpoints/<stage>
 
         def on_step(step: int) -> None:
             steps.append(step)
-            if name == kill_stage and step == kill_step:
+            if kill_stage in (name, f"{run}/{name}") and step == kill_step:
                 _die()
 
         result = real_fit(*args, on_step=on_step, **kwargs)
         with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"stage": name, "steps": steps}) + "\n")
+            f.write(json.dumps({"stage": name, "run": run, "steps": steps}) + "\n")
         return result
 
     pipeline.fit = fit

@@ -35,6 +35,10 @@ class _Numbers:
         if scale not in (1, 100):
             raise AladError(f"results['metric_scale'] is {scale!r}; use 1 (metrics in 0..1) or 100 (percent)")
         self.scale = float(scale)
+        self.comparisons = {(c["a"], c["b"]): c for c in results.get("comparisons") or []}
+        self.gaps = {g["row"]: g for g in results.get("gap_recovered") or []}
+        self.seeds = results.get("seeds") or []
+        self.seed_comparisons = results.get("seed_comparisons") or []
 
     def value(self, x: float) -> str:
         return f"{x:.4f}" if self.scale == 1.0 else f"{x:.2f}"
@@ -50,6 +54,14 @@ class _Numbers:
     def points(self, a: float, b: float) -> float:
         """``a - b`` in percentage points."""
         return (a - b) * 100.0 / self.scale
+
+    def spread(self, row: dict, split: str) -> str:
+        """`` ± std`` of a several-seed row's headline on ``split`` (nothing for one seed)."""
+        std = row.get(f"{split}_std")
+        if std is None:
+            return ""
+        where = f"row '{row['name']}'.{split}_std"
+        return f" ± {self.value(_headline(std, self.metric, where))}"
 
 
 STILL_RISING_POINTS = 0.2  # a row at its cap that gained this much in its last epoch had not finished
@@ -100,13 +112,16 @@ def _table(results: dict, nums: _Numbers) -> list[str]:
         gap = None
         if has_refs and name not in (TEACHER, PROBE):
             gap = gap_recovered(nums.test[name], nums.test[PROBE], nums.test[TEACHER])
+        gap_text = "-" if gap is None else f"{gap:.1f}%"
+        if gap is not None and name in nums.gaps:
+            gap_text += f" [{nums.gaps[name]['ci_low']:.1f}, {nums.gaps[name]['ci_high']:.1f}]"
         params = row["params"]
         adapter = _count(params["adapter"])
         if params["adapter"] and teacher_total:
             adapter += f" ({_share(params['adapter'], teacher_total)})"
         cells = [
-            name, nums.cell(row["dev"]), nums.cell(row["test"]),
-            "-" if gap is None else f"{gap:.1f}%",
+            name, nums.cell(row["dev"]) + nums.spread(row, "dev"), nums.cell(row["test"]) + nums.spread(row, "test"),
+            gap_text,
             f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else "-",
             (row.get("stopped") or "-") + (" **still rising**" if still_rising(row, nums) else ""),
             _count(params["total"]), _count(params["trainable"]), adapter,
@@ -118,15 +133,31 @@ def _table(results: dict, nums: _Numbers) -> list[str]:
 
 
 def _compare(nums: _Numbers, row: str, reference: str) -> tuple[str, str | None]:
-    """A bullet comparing two rows on test, and ``"better"``/``"worse"``/``"same"`` (None if a row is missing)."""
+    """A bullet comparing two rows on test, and its verdict: ``"better"`` / ``"worse"`` only when the
+    comparison's interval (results.json ``comparisons``) excludes 0, else ``"no detectable difference"``;
+    None when a row or the interval is missing."""
     missing = [n for n in (row, reference) if n not in nums.test]
     if missing:
         return f"- {row} vs {reference}: not measured, {', '.join(missing)} not trained in this run", None
     a, b = nums.test[row], nums.test[reference]
-    delta = nums.points(a, b)
-    outcome = "same" if round(delta, 2) == 0 else ("better" if delta > 0 else "worse")
-    line = f"- {row} vs {reference}: {delta:+.2f} points ({nums.value(a)} vs {nums.value(b)}), {outcome}"
-    return line, outcome
+    interval = nums.comparisons.get((row, reference))
+    if interval is None:
+        line = (f"- {row} vs {reference}: {nums.points(a, b):+.2f} points ({nums.value(a)} vs {nums.value(b)}), "
+                "no interval (the rows saved no test predictions)")
+        return line, None
+    low, high = (nums.points(interval[k], 0.0) for k in ("ci_low", "ci_high"))
+    line = (f"- {row} vs {reference}: {nums.points(interval['diff'], 0.0):+.2f} points [{low:+.2f}, {high:+.2f}] "
+            f"({nums.value(a)} vs {nums.value(b)}), {interval['verdict']}")
+    return line, interval["verdict"]
+
+
+def teacher_unfinished(nums: _Numbers) -> bool:
+    """Whether the teacher's best dev epoch is one of its last two: stopped by patience 1, or at its cap while
+    still improving, it had not shown a plateau (a sturdier rule: patience >= 2)."""
+    row = nums.rows.get(TEACHER, {})
+    if "best_epoch" not in row or "epochs_run" not in row:
+        return False
+    return int(row["best_epoch"]) >= int(row["epochs_run"]) - 1
 
 
 def _is_it_fair(nums: _Numbers) -> tuple[list[str], list[str]]:
@@ -139,6 +170,10 @@ def _is_it_fair(nums: _Numbers) -> tuple[list[str], list[str]]:
     if above:
         reasons.append(f"{', '.join(above)} beat the teacher on dev: the teacher is under-trained and the "
                        f"gap-recovered column is not meaningful")
+    if teacher_unfinished(nums):
+        row = nums.rows[TEACHER]
+        reasons.append(f"{TEACHER}'s best dev epoch ({row['best_epoch']} of {row['epochs_run']}) is one of its last "
+                       "two: it is not shown to be finished (give stages.teacher patience >= 2 and room under its cap)")
     lines = ["## Is the comparison fair?", "",
              "Every trained row stops by one rule: best dev score, stop after `patience` epochs without "
              "improvement or at its epoch cap.", ""]
@@ -148,10 +183,24 @@ def _is_it_fair(nums: _Numbers) -> tuple[list[str], list[str]]:
     return lines + [""], reasons
 
 
+def _interval_note(nums: _Numbers) -> list[str]:
+    """How the intervals were computed (from the comparisons' own fields)."""
+    if not nums.comparisons:
+        return []
+    first = next(iter(nums.comparisons.values()))
+    seeds = first.get("seeds")
+    across = (f"; {len(seeds)} seeds ({', '.join(map(str, seeds))}): each resample draws seeds, then each drawn "
+              "seed's test sentences, so the interval includes seed-to-seed variation" if seeds else "")
+    return [f"[low, high]: paired bootstrap 95% interval of the difference, {first['resamples']:,} resamples of "
+            f"{first['unit']}{across}. A difference is better or worse only when its interval excludes 0; "
+            "otherwise there is no detectable difference.", ""]
+
+
 def _did_alignment_help(nums: _Numbers, windows: list[int], unfair: list[str] = ()) -> list[str]:
     unit = "0.01" if nums.scale == 1.0 else "1"
     lines = ["## Did alignment help?", "",
              f"Test {nums.metric}; differences in points (1 point = {unit} {nums.metric}).", ""]
+    lines += _interval_note(nums)
     for k in windows:
         frozen, noalign = cases.FROZEN.row_name(k), cases.NOALIGN.row_name(k)
         lines += [f"### Window K={k}", ""]
@@ -159,19 +208,34 @@ def _did_alignment_help(nums: _Numbers, windows: list[int], unfair: list[str] = 
         noalign_line, vs_noalign = _compare(nums, frozen, noalign)
         joint_line, _ = _compare(nums, cases.JOINT.row_name(k), STUDENT_FT)
         lines += [probe_line, noalign_line, joint_line]
-        if vs_probe is None or vs_noalign is None:
+        missing_rows = any(n not in nums.test for n in (frozen, PROBE, noalign))
+        if missing_rows:
             verdict = "cannot tell, a row it needs was not trained in this run"
+        elif vs_probe is None or vs_noalign is None:
+            verdict = "cannot tell without intervals (re-run the rows so they save their test predictions)"
         elif vs_probe == vs_noalign == "better":
             verdict = (f"yes: {frozen} beats both the linear probe and the same adapter trained "
                        "without alignment")
         else:
-            short = [ref for ref, out in ((PROBE, vs_probe), (noalign, vs_noalign))
-                     if out != "better"]
+            short = [f"{ref} ({out})" for ref, out in ((PROBE, vs_probe), (noalign, vs_noalign)) if out != "better"]
             verdict = f"no: {frozen} does not beat {' and '.join(short)}"
-        if unfair and vs_probe is not None:
+        if unfair and not missing_rows:
             verdict = f"unsettled ({'; '.join(unfair)}); as measured, {verdict}"
         lines += [f"- Verdict: {verdict}", ""]
+    lines += _per_seed(nums)
     return lines
+
+
+def _per_seed(nums: _Numbers) -> list[str]:
+    """Several seeds: each seed's paired differences (its own test sentences resampled)."""
+    if not nums.seed_comparisons:
+        return []
+    lines = ["### Per seed", ""]
+    for c in nums.seed_comparisons:
+        low, high = (nums.points(c[k], 0.0) for k in ("ci_low", "ci_high"))
+        lines.append(f"- seed {c['seed']}: {c['a']} vs {c['b']}: {nums.points(c['diff'], 0.0):+.2f} points "
+                     f"[{low:+.2f}, {high:+.2f}], {c['verdict']}")
+    return lines + [""]
 
 
 def _what_did_it_cost(nums: _Numbers, windows: list[int]) -> list[str]:
@@ -209,8 +273,13 @@ def render_markdown(results: dict) -> str:
     if notes:
         lines += [f"- {' '.join(str(n).split())}" for n in notes] + [""]
     lines += _table(results, nums) + [""]
-    lines += [f"Gap recovered = (row - {PROBE}) / ({TEACHER} - {PROBE}) on test. "
+    lines += [f"Gap recovered = (row - {PROBE}) / ({TEACHER} - {PROBE}) on test"
+              + (" [its paired bootstrap 95% interval]" if nums.gaps else "") + ". "
               "Epochs (best): epochs run and the epoch whose state was restored for test.", ""]
+    if nums.seeds:
+        lines += [f"Several seeds ({', '.join(map(str, nums.seeds))}): dev and test are the mean ± the sample "
+                  "standard deviation over seeds; other columns and the stopping record are those of "
+                  "the least finished seed (`stopping_seed` in results.json).", ""]
     fair_lines, unfair = _is_it_fair(nums)
     lines += fair_lines
     lines += _did_alignment_help(nums, windows, unfair)
