@@ -1,6 +1,7 @@
 """The ``alad`` command.
 
     alad run [--config FILE] [--workdir DIR] [--restart] [KEY=VALUE ...]
+    alad align [--config FILE] [--workdir DIR] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
     alad predict --model DIR_OR_ONNX (--text "..." | --words W1 W2 ... | --file FILE --format conll|conllu|text)
     alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH
@@ -30,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true",
                      help="delete the work directory's run outputs (not its feature cache) and start over")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
+
+    align = sub.add_parser("align", help="stage 1 alone (task-independent alignment on the streamed corpus, to "
+                                         "the configured teacher as it is): adapters/wK_align.safetensors for "
+                                         "`alad run stages.align.from=WORKDIR`")
+    align.add_argument("--config", help="TOML config file (see configs/align_wikipedia.toml)")
+    align.add_argument("--workdir", help="output directory (default: runs/<config name>-align); re-running resumes")
+    align.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
 
     compress = sub.add_parser("compress", help="make a compressed student checkpoint")
     recipes = compress.add_subparsers(dest="recipe", required=True)
@@ -95,12 +103,19 @@ def _run(args) -> int:
     if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
         return supervised
 
-    from alad_train import pipeline
+    from alad_train import align, pipeline
 
     distributed.initialize()
     try:
         _enable_compilation_cache()
         name = Path(args.config).stem if args.config else "default"
+        if args.command == "align":
+            workdir = Path(args.workdir or Path("runs") / f"{name}-align")
+            align.align(config, workdir)
+            distributed.finished()
+            if distributed.is_primary():
+                print(f"adapters: {workdir / 'adapters'} (reuse: alad run stages.align.from={workdir})")
+            return 0
         workdir = Path(args.workdir or Path("runs") / name)
         results = pipeline.run(config, workdir, restart=args.restart)
         distributed.finished()
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"run": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
+    handler = {"run": _run, "align": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
     try:
         return handler(args)
     except AladError as e:

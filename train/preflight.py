@@ -9,12 +9,15 @@ they read (``path:line`` errors); this module checks that everything is there.
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from alad_jax.config import Config
+from alad_jax.data import stream
 from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError
 from alad_jax.models import hub
+from alad_train import align
 
 _WEIGHTS = (hub.SAFETENSORS, hub.SAFETENSORS_INDEX, hub.FLAX_MSGPACK)
 
@@ -28,8 +31,15 @@ def input_files(cfg: Config) -> list[tuple[str, str]]:
             if split != "train" and source == "hash":  # a split of the train file, nothing to read
                 continue
             files.append((f"data.{split}", source))
-    files += [(f"corpus.paths[{i}]", source) for i, source in enumerate(cfg.corpus.paths)]
+    if not _streamed_corpus(cfg):
+        files += [(f"corpus.paths[{i}]", source) for i, source in enumerate(cfg.corpus.paths)]
     return files
+
+
+def _streamed_corpus(cfg: Config) -> bool:
+    """A stage-1 corpus read as a stream (a Hub dataset or globs of shards: checked by
+    :func:`alad_jax.data.stream.source_of`), or none at all (``stages.align.from``)."""
+    return bool(cfg.stages.align.from_) or cfg.corpus.format == "hf" or any(glob.has_magic(p) for p in cfg.corpus.paths)
 
 
 def _missing_file(key: str, source: str) -> str | None:
@@ -71,9 +81,14 @@ def preflight(cfg: Config) -> None:
     splits the task loads by name before stage 0), the stage-1 corpus files
     and their format, and the teacher and student models with their tokenizers.
     """
-    if cfg.corpus.format not in CORPUS_FORMATS:
+    if cfg.stages.align.from_:
+        for window in cfg.windows:
+            align.resolve_from(cfg.stages.align.from_, window)
+    elif _streamed_corpus(cfg):
+        stream.check_hub(stream.source_of(cfg.corpus))
+    elif cfg.corpus.format not in CORPUS_FORMATS:
         raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use {' or '.join(CORPUS_FORMATS)}")
-    if not cfg.corpus.paths:
+    elif not cfg.corpus.paths:
         raise AladError("config key 'corpus.paths' is empty; stage 1 needs at least one corpus file")
     problems = [p for key, source in input_files(cfg) if (p := _missing_file(key, source))]
     if problems:
