@@ -208,7 +208,8 @@ class Config:
             if stage["patience"] < 0:
                 raise AladError(f"config key 'stages.{name}.patience' is {stage['patience']}; use 0 (no early stop) or more")
             if stage["from_"] and name != "align":
-                raise AladError(f"config key 'stages.{name}.from' is set; only stages.align.from (a stage-1 adapter) is")
+                raise AladError(f"config key 'stages.{name}.from' is set; only stages.align.from (a stage-1 "
+                                "adapter) is")
             if (stage["batch_size"] > 0) == (stage["token_budget"] > 0):
                 raise AladError(
                     f"config keys 'stages.{name}.batch_size' and 'stages.{name}.token_budget': set exactly one above 0"

@@ -109,3 +109,18 @@ def test_alad_align_then_alad_run_reuses_its_adapter(inputs, xla_cache, tmp_path
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["alignment"]["w3"]["stage1"]["from"] == str(adapter.resolve())
     assert (tmp_path / "r" / "adapters" / "w3_align.safetensors").read_bytes() == adapter.read_bytes()
+
+
+@pytest.mark.slow
+def test_the_wikipedia_config_runs_offline_on_local_shards_standing_in(inputs, xla_cache, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "align_wikipedia.toml"
+    done = subprocess.run([sys.executable, "-m", "alad_train.cli", "align", "--config", str(config), "--workdir",
+                           str(tmp_path), "corpus.format=text", f'corpus.paths=["{inputs / "shards"}/part-*.txt"]',
+                           f"teacher={inputs / 'teacher'}", f"student={inputs / 'student'}", "windows=[3]",
+                           "max_length=48", "stride=16", "adapter_hidden=32", "eval_batch_size=8",
+                           "corpus.val_sentences=16", "stages.align.max_steps=3", "stages.align.eval_every=2"],
+                          capture_output=True, text=True, timeout=600, env=xla_cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "align.json").read_text())["align_w3"]
+    assert record["steps"] == 3 and record["streamed"] and [h["step"] for h in record["history"]] == [2, 3]
+    assert (tmp_path / "adapters" / "w3_align.safetensors").is_file()

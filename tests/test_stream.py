@@ -149,3 +149,17 @@ def test_cache_policy_streams_above_the_budget_and_caches_below(shards, tokenize
     assert streamed and "exceed cache_budget_gb" in why
     assert align.streams(whole, tokenizer, 384, 384) == (True, "corpus.max_sentences = 0: the whole stream")
     assert align.cache_gb(1_000_000, 384, 384) == pytest.approx(1.536)
+
+
+def test_stages_align_from_is_the_config_key_from_and_only_stage_1_takes_it():
+    cfg = load_config(overrides=["stages.align.from=runs/aligned"])
+    assert cfg.stages.align.from_ == "runs/aligned"
+    with pytest.raises(AladError, match="only stages.align.from"):
+        load_config(overrides=["stages.continual.from=x.safetensors"])
+
+
+def test_a_streamed_stage_with_a_linear_schedule_needs_max_steps(tmp_path):
+    cfg = load_config(overrides=["stages.align.schedule=linear"])
+    with pytest.raises(AladError, match="set stages.align.max_steps"):
+        align.train_streamed(cfg, name="align_w3", student=None, teacher=None, adapter=None, tokenizer=None,
+                             workdir=tmp_path, seed=0, mesh=None)

@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"run": _run, "align": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
+    handler = {"run": _run, "align": _run, "compress": _compress, "predict": _predict, "export": _export,
+               "bench": _bench}[args.command]
     try:
         return handler(args)
     except AladError as e:

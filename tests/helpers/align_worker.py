@@ -27,7 +27,8 @@ def make_inputs(root: Path, shards: int = 3, per_shard: int = 60) -> None:
     sentences = [" ".join(s.words) for s in load_packaged("petrogold")[: shards * per_shard]]
     (root / "shards").mkdir(exist_ok=True)
     for n in range(shards):
-        (root / "shards" / f"part-{n:02d}.txt").write_text("\n".join(sentences[n * per_shard:(n + 1) * per_shard]) + "\n")
+        shard = sentences[n * per_shard:(n + 1) * per_shard]
+        (root / "shards" / f"part-{n:02d}.txt").write_text("\n".join(shard) + "\n")
 
 
 def overrides(root: Path) -> list[str]:
