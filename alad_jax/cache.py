@@ -63,8 +63,27 @@ def _encode(graphdef, state, input_ids, attention_mask, token_type_ids, segment_
                    position_ids=position_ids).last_hidden_state.astype(jnp.bfloat16)
 
 
-def _publish(path: Path, parts: dict[str, np.ndarray], offsets: np.ndarray, num_rows: int) -> None:
+def _tmp_dir(path: Path) -> Path:
+    """This process's own temporary directory for the cache ``path`` (emptied)."""
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _open_part(tmp: Path, name: str, tokens: int, width: int) -> np.ndarray:
+    """``tmp/<name>.npy`` created on disk as ``[tokens, width]`` bfloat16 bits, memory-mapped for writing:
+    states go to disk batch by batch, no whole-corpus array in RAM."""
+    bits = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint16, shape=(tokens, width))
+    return bits.view(BF16)
+
+
+def _publish(path: Path, parts: dict[str, np.ndarray], offsets: np.ndarray, num_rows: int,
+             tmp: Path | None = None) -> None:
     """Write the arrays into a temporary directory of this process alone, then rename it to ``path``.
+
+    ``tmp``: that directory, already holding the parts written there (:func:`_open_part`);
+    only the parts not yet on disk there are saved.
 
     Several processes of one run (or two runs) may build the same cache into
     the same directory at once: each writes its own
@@ -72,11 +91,12 @@ def _publish(path: Path, parts: dict[str, np.ndarray], offsets: np.ndarray, num_
     rename wins; a later writer finds ``path`` complete (the content is the
     same: the key covers models and rows) and drops its copy.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = tmp if tmp is not None else _tmp_dir(path)
     for name, array in parts.items():
-        np.save(tmp / f"{name}.npy", array.view(np.uint16))
+        if isinstance(array, np.memmap) or isinstance(getattr(array, "base", None), np.memmap):
+            array.flush()
+        else:
+            np.save(tmp / f"{name}.npy", array.view(np.uint16))
     np.save(tmp / "offsets.npy", offsets)
     (tmp / "done.json").write_text(json.dumps({"rows": num_rows, "tokens": int(offsets[-1])}))
     try:
@@ -113,8 +133,10 @@ def _writer_is_gone(tmp: Path) -> bool:
 
 
 def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: Sequence[np.ndarray] | None,
-                 batch_size: int, buckets: Sequence[int] | None, matmul_dtype: str = "float32") -> np.ndarray:
-    """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``.
+                 batch_size: int, buckets: Sequence[int] | None, matmul_dtype: str = "float32",
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """``encoder``'s last hidden states of every row, concatenated: bf16 ``[sum of lengths, D]``, written
+    into ``out`` when given (e.g. a file on disk, :func:`_open_part`).
 
     The rows are packed (:func:`alad_jax.data.batching.pack_rows`) into blocks of
     ``batch_size`` rows of the largest bucket (without buckets, or when a row is longer:
@@ -126,7 +148,8 @@ def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: S
     graphdef = precision.step_graphdef(graphdef, state, matmul_dtype=matmul_dtype)
     lengths = np.array([len(r) for r in rows], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
+    if out is None:
+        out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
     longest = int(lengths.max())
     width = max(buckets) if buckets and longest <= max(buckets) else 1 << max(4, (longest - 1).bit_length())
     packed = pack_rows(lengths, width)
@@ -216,18 +239,23 @@ class HiddenCache:
         if (path / "done.json").is_file():
             return cls._load(path)
         offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        tmp = _tmp_dir(path)
         parts = {}
         for name, encoder in (("student", student), ("teacher", teacher)):
             encoder_rows = rows if name == "student" or teacher_rows is None else teacher_rows
+            # Written to disk as computed; word-level teacher states are averaged in memory first (task data).
+            out = None if name == "teacher" and teacher_words is not None else _open_part(
+                tmp, name, int(sum(len(r) for r in encoder_rows)), encoder.config.hidden_size)
             parts[name] = _encode_rows(encoder, encoder_rows, None if encoder_rows is not rows else token_types,
-                                       batch_size, buckets, matmul_dtype)
+                                       batch_size, buckets, matmul_dtype, out=out)
         if teacher_words is not None:
             parts["teacher"] = _words_to_student_tokens(parts["teacher"], teacher_rows, teacher_words, student_words)
         if parts["teacher"].shape[0] != offsets[-1]:
             raise AladError(f"hidden cache: the teacher rows have {parts['teacher'].shape[0]} tokens, the student rows "
                             f"{offsets[-1]}; pass teacher_words and student_words when the tokenizations differ")
-        _publish(path, parts, offsets, len(rows))
-        return cls(parts["student"], parts["teacher"], offsets)
+        _publish(path, parts, offsets, len(rows), tmp=tmp)
+        del parts  # the arrays written to tmp: read them back memory-mapped, from where they now are
+        return cls._load(path)
 
     @classmethod
     def _load(cls, path: Path) -> "HiddenCache":

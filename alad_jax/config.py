@@ -59,13 +59,24 @@ class DataConfig:
 
 @dataclasses.dataclass
 class CorpusConfig:
-    """Unlabelled general-domain text for stage 1 (task-independent alignment)."""
+    """Unlabelled general-domain text for stage 1 (task-independent alignment).
+
+    ``paths`` are files or globs of shards (``text``: a sentence per line; ``conllu``);
+    ``format = "hf"`` streams the Hugging Face dataset ``hf_name`` instead (each non-blank
+    line of ``text_column`` a sentence). A corpus whose hidden states do not fit
+    ``cache_budget_gb`` (or ``hf``, or ``max_sentences = 0``: the whole stream) is streamed
+    (:mod:`alad_jax.data.stream`, docs/scaling.md).
+    """
 
     format: str = "conllu"  # conllu or text (one sentence a line, words split on whitespace)
     # The corpus files: paths or packaged:NAME; their labels are not used.
     paths: list[str] = dataclasses.field(default_factory=lambda: ["packaged:petrogold", "packaged:danteshots"])
     max_sentences: int = 1000  # subsample the corpus (0 = all)
     val_sentences: int = 150  # held out of the corpus for stage 1's validation MSE
+    hf_name: str = ""  # format = "hf": the Hugging Face dataset streamed as the corpus
+    hf_config: str = ""  # format = "hf": its configuration
+    hf_split: str = "train"  # format = "hf": its split
+    text_column: str = "text"  # format = "hf": the column whose non-blank lines are sentences
 
 
 @dataclasses.dataclass
@@ -89,6 +100,9 @@ class StageConfig:
     schedule: str = "constant"  # constant (the reference recipe) or linear (decay to 0 after warmup)
     max_seconds: float = 0.0  # wall-clock budget (0 = none): the paper budgets stage 1 by time
     max_steps: int = 0  # 0 = epochs decide
+    eval_every: int = 0  # a streamed stage validates every this many steps (0: 1000)
+    # stages.align.from: a stage-1 adapter (safetensors, `alad align`) to start from instead of training stage 1
+    from_: str = ""
 
 
 def _stage(**kw) -> Any:
@@ -181,6 +195,8 @@ class Config:
     checkpoint_every: int = 200  # steps between resumable checkpoints
     keep_checkpoints: bool = False  # false: a stage's checkpoints go once it has finished (its outputs stay)
     keep_cache: bool = True  # false: the feature cache (cache/) is deleted when the run ends
+    # Stage 1 caches its corpus's hidden states when they fit this many GB, else streams it with the teacher online.
+    cache_budget_gb: float = 4.0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
     stages: StagesConfig = dataclasses.field(default_factory=StagesConfig)
@@ -211,6 +227,9 @@ class Config:
         for name, stage in dataclasses.asdict(self.stages).items():
             if stage["patience"] < 0:
                 raise AladError(f"config key 'stages.{name}.patience' is {stage['patience']}; use 0 (no early stop) or more")
+            if stage["from_"] and name != "align":
+                raise AladError(f"config key 'stages.{name}.from' is set; only stages.align.from (a stage-1 "
+                                "adapter) is")
             if (stage["batch_size"] > 0) == (stage["token_budget"] > 0):
                 raise AladError(
                     f"config keys 'stages.{name}.batch_size' and 'stages.{name}.token_budget': set exactly one above 0"
@@ -259,6 +278,7 @@ def _apply(obj: Any, key: str, value: Any, source: str) -> None:
         if not dataclasses.is_dataclass(target):
             raise AladError(f"{source}: config key '{key}' is not a field ('{'.'.join(parts[:i])}' has no sub-keys)")
         names = [f.name for f in dataclasses.fields(target)]
+        part = _KEYWORD_FIELDS.get(part, part)
         if part not in names:
             close = difflib.get_close_matches(part, names, n=1)
             hint = f"; did you mean '{'.'.join(parts[:i] + close)}'?" if close else f"; known keys here: {', '.join(names)}"
@@ -275,6 +295,9 @@ def _apply(obj: Any, key: str, value: Any, source: str) -> None:
                 setattr(target, part, _coerce(value, tp, key))
         else:
             target = getattr(target, part)
+
+
+_KEYWORD_FIELDS = {"from": "from_"}  # config keys that are Python keywords -> their field names
 
 
 def _flatten(table: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -337,7 +360,8 @@ def dump_toml(config: Config) -> str:
         sections = {k: v for k, v in table.items() if isinstance(v, dict)}
         if prefix and scalars:
             lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {fmt(v)}" for k, v in scalars.items())
+        keys = {field: key for key, field in _KEYWORD_FIELDS.items()}
+        lines.extend(f"{keys.get(k, k)} = {fmt(v)}" for k, v in scalars.items())
         for k, v in sections.items():
             emit(v, f"{prefix}.{k}" if prefix else k)
 

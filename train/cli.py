@@ -1,6 +1,7 @@
 """The ``alad`` command.
 
     alad run [--config FILE] [--workdir DIR] [--restart] [--check] [KEY=VALUE ...]
+    alad align [--config FILE] [--workdir DIR] [KEY=VALUE ...]
     alad compress truncate --source DIR_OR_ID --layers N --out DIR
     alad predict --model DIR_OR_EXPORT (--text "..." | --words W1 W2 ... | --file FILE|-)
                  [--out PATH] [--output-format conll|conllu|jsonl]
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one whole run per seed in WORKDIR/seed_<s>, "
                                      "reported with means, stds and intervals across seeds (same as seeds=[0,1,2])")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
+
+    align = sub.add_parser("align", help="stage 1 alone (task-independent alignment on the streamed corpus, to "
+                                         "the configured teacher as it is): adapters/wK_align.safetensors for "
+                                         "`alad run stages.align.from=WORKDIR`")
+    align.add_argument("--config", help="TOML config file (see configs/align_wikipedia.toml)")
+    align.add_argument("--workdir", help="output directory (default: runs/<config name>-align); re-running resumes")
+    align.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config field by dotted path")
 
     compress = sub.add_parser("compress", help="make a compressed student checkpoint")
     recipes = compress.add_subparsers(dest="recipe", required=True)
@@ -119,11 +127,12 @@ def _run(args) -> int:
     from alad_jax.config import load_config
 
     # Before joining the others: a bad config stops every worker at once, none waits for its peers.
-    config = load_config(args.config, args.overrides + ([f"seeds=[{args.seeds}]"] if args.seeds else []))
+    seeds_flag = getattr(args, "seeds", None)
+    config = load_config(args.config, args.overrides + ([f"seeds=[{seeds_flag}]"] if seeds_flag else []))
     cases.selected(config.cases)
     name = Path(args.config).stem if args.config else "default"
-    workdir = Path(args.workdir or Path("runs") / name)
-    if args.check:
+    workdir = Path(args.workdir or Path("runs") / (f"{name}-align" if args.command == "align" else name))
+    if getattr(args, "check", False):
         from alad_train.preflight import check_run
 
         print(check_run(config, workdir))
@@ -133,11 +142,17 @@ def _run(args) -> int:
     if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
         return supervised
 
-    from alad_train import seeds
+    from alad_train import align, seeds
 
     distributed.initialize()
     try:
         _enable_compilation_cache()
+        if args.command == "align":
+            align.align(config, workdir)
+            distributed.finished()
+            if distributed.is_primary():
+                print(f"adapters: {workdir / 'adapters'} (reuse: alad run stages.align.from={workdir})")
+            return 0
         results = seeds.run(config, workdir, restart=args.restart)  # one seed: pipeline.run
         distributed.finished()
     except BaseException as e:
@@ -180,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # transformers advises installing torch on import; we only use its tokenizers and configs.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"run": _run, "compress": _compress, "predict": _predict, "export": _export, "bench": _bench}[args.command]
+    handler = {"run": _run, "align": _run, "compress": _compress, "predict": _predict, "export": _export,
+               "bench": _bench}[args.command]
     try:
         return handler(args)
     except AladError as e:

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,19 @@ from alad_jax.config import OptimConfig, StageConfig
 from alad_train.state import LossFn, create_train_state
 
 Batch = dict[str, np.ndarray]
+
+
+class Stream(Protocol):
+    """Batches read on (an iterator) whose position can be saved and restored (plain JSON)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+    def get_state(self) -> dict: ...
+    def set_state(self, state: dict) -> None: ...
+
+
 LOG_EVERY = 10  # steps between scalar logs (loss, tokens/s, device memory)
+STREAM_EVAL_EVERY = 1000  # a streamed stage's default steps between evaluations
+STREAM_STEPS = 2**62  # a streamed stage without max_steps: the stream's end or the clock stops it
 
 
 @dataclasses.dataclass
@@ -105,6 +117,7 @@ def fit(
     log_scalars: Callable[[str, int, dict], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     matmul_dtype: str = "float32",
+    stream: Stream | None = None,
 ) -> FitResult:
     """Train ``objective`` for ``stage.epochs`` (or its step / wall-clock budget).
 
@@ -120,10 +133,19 @@ def fit(
     step with the steps done so far (a resumed run starts counting at its
     checkpoint's step), before any checkpoint of that step. The train steps' matmuls run in
     ``matmul_dtype`` (:mod:`alad_jax.models.precision`); ``evaluate`` sees the float32 model.
+
+    A streamed stage passes ``stream`` (an iterator of batches with ``get_state``/``set_state``,
+    :class:`alad_jax.data.stream.AlignmentStream`) instead of ``batches_for_epoch``: it
+    evaluates every ``stage.eval_every`` steps (an "epoch" of the history), saves the stream's
+    position with each checkpoint, and stops at ``max_steps``, ``max_seconds``, the plateau or the
+    stream's end ("cap").
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
-    steps_per_epoch = len(batches_for_epoch(0))
-    total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
+    if stream is None:
+        steps_per_epoch = len(batches_for_epoch(0))
+        total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
+    else:
+        steps_per_epoch, total_steps = stage.eval_every or STREAM_EVAL_EVERY, STREAM_STEPS
     if stage.max_steps:
         total_steps = min(total_steps, stage.max_steps)
     optimizer = make_optimizer(stage, optim, total_steps)
@@ -142,6 +164,8 @@ def fit(
         meta.update(saved_meta)
         if "positions" not in saved_meta:  # a checkpoint from before positions were counted: padding unknown
             meta["positions"] = None
+        if stream is not None:
+            stream.set_state(saved_meta["stream"])
     base_key = jax.random.key(seed)
     step = last_saved = meta["step"]
     resumed_seconds = meta["seconds"]
@@ -157,16 +181,21 @@ def fit(
         nonlocal last_saved
         flush_losses()
         meta.update(step=step, seconds=time.perf_counter() - started)
+        if stream is not None:
+            meta["stream"] = stream.get_state()
+        if step in checkpoints.manager.all_steps():  # a stream that ended right after a checkpoint: its final one
+            checkpoints.manager.delete(step)
         checkpoints.save(step, {"trainable": state.trainable, "opt_state": state.opt_state, "best": best}, meta)
         last_saved = step
 
-    bar = tqdm(total=total_steps, initial=step, desc=name, unit="step", mininterval=2.0, dynamic_ncols=True,
-               disable=not distributed.is_primary())
+    bar = tqdm(total=None if total_steps == STREAM_STEPS else total_steps, initial=step, desc=name, unit="step",
+               mininterval=2.0, dynamic_ncols=True, disable=not distributed.is_primary())
     out_of_time = stage.max_seconds and meta["seconds"] >= stage.max_seconds
     window_start, window_tokens = time.perf_counter(), meta["tokens"]
     while not meta["done"] and not out_of_time and step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        for batch in batches_for_epoch(epoch)[offset:]:
+        ended, round_start = stream is not None, step  # a streamed stage: unless the loop breaks, the stream ended
+        for batch in batches_for_epoch(epoch)[offset:] if stream is None else stream:
             key = jax.random.fold_in(base_key, step)
             device_batch = sharding.shard_batch(prepare(batch) if prepare else batch, mesh)
             metrics = state.step(device_batch, key)
@@ -187,9 +216,14 @@ def fit(
                 window_start, window_tokens = now, meta["tokens"]
             out_of_time = bool(stage.max_seconds) and time.perf_counter() - started >= stage.max_seconds
             if out_of_time or step >= total_steps or step % steps_per_epoch == 0:
+                ended = False
                 break
             if step - last_saved >= checkpoint_every:
                 save()
+        if ended and step == round_start:  # the stream ended at the last evaluation: nothing new to evaluate
+            meta["stopped"], meta["done"] = "cap", True
+            save()
+            break
         # End of an epoch (or of the budget): validate, keep the best.
         flush_losses()
         score, eval_metrics = evaluate(state.model())
@@ -207,7 +241,7 @@ def fit(
         bar.set_postfix(loss=f"{train_loss:.4f}", dev=f"{score:.4f}")
         if stage.patience and meta["evals_since_best"] >= stage.patience:
             meta["stopped"] = "plateau"
-        elif step >= total_steps:
+        elif step >= total_steps or ended:
             meta["stopped"] = "cap"
         elif out_of_time:
             meta["stopped"] = "time"

@@ -33,12 +33,17 @@ class AlignModel(nnx.Module):
         self.adapter = adapter
 
     def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array]:
-        """(AlAd(student), teacher) hidden states, both [batch, seq, Dt]."""
+        """(AlAd(student), teacher) hidden states, both [batch, seq, Dt].
+
+        A packed batch (``segment_ids``, ``position_ids``: several sentences per row) is read as such
+        by both encoders (block-diagonal attention, positions per sentence)."""
         args = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        student = jax.lax.stop_gradient(self.student(*args).last_hidden_state)
+        packed = {k: batch[k] for k in ("segment_ids", "position_ids") if k in batch}
+        student = jax.lax.stop_gradient(self.student(*args, **packed).last_hidden_state)
         if "teacher_input_ids" in batch:  # a teacher with its own tokenizer (alad_jax.data.teacher_inputs)
-            args = (batch["teacher_input_ids"], batch.get("teacher_attention_mask", batch["attention_mask"]), None)
-        teacher = jax.lax.stop_gradient(self.teacher(*args).last_hidden_state)
+            args, packed = (batch["teacher_input_ids"], batch.get("teacher_attention_mask", batch["attention_mask"]),
+                            None), {}
+        teacher = jax.lax.stop_gradient(self.teacher(*args, **packed).last_hidden_state)
         return self.adapter(student, batch["attention_mask"]), teacher
 
 

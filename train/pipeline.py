@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -34,15 +33,14 @@ from alad_jax.inference.saved_model import load_aligned_model, load_info, save_a
 from alad_jax.models import compress, hub
 from alad_jax.models.task_model import TaskModel
 from alad_jax.param_count import count_params
-from alad_train import cases, measure, models, own_teacher, plan, predictions, report, tasks
+from alad_train import align, cases, measure, models, own_teacher, plan, predictions, report, tasks
 from alad_train.cases import Case
 from alad_train.loop import Objective, fit
 from alad_train.preflight import preflight
 from alad_train.workdir import _atomic_write, drop_cache, drop_finished_checkpoints, prepare_workdir
 
 
-def _seed(cfg: Config, name: str) -> int:
-    return (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+_seed = align.stage_seed
 
 
 class Pipeline:
@@ -163,7 +161,8 @@ class Pipeline:
         self.task = task_cls.load(cfg, tokenizer if same else student_tok)
         self.teacher_task = self.task if same else task_cls.load(cfg, tokenizer)
         sentences = [] if same else [s.words for split in self.task.sentences.values() for s in split]
-        if not same and any(s.alignment == "align" and s.name not in self.progress for s in self.steps):
+        if not same and not cfg.stages.align.from_ and any(s.alignment == "align" and s.name not in self.progress
+                                                           for s in self.steps):
             sentences += [s.words for s in sources.read_corpus(cfg.corpus)]
         self.teacher_inputs = teacher_inputs.plan_teacher_inputs(
             tokenizer, student_tok, sentences, level=cfg.alignment.level, names=(cfg.teacher, cfg.student),
@@ -320,9 +319,15 @@ class Pipeline:
         name = f"{stage}_w{window}"
         teacher, _ = self.load_teacher()
         student = self.load_student()
+        dims = (student.config.hidden_size, teacher.config.hidden_size)
+        if stage == "align" and cfg.stages.align.from_:  # stage 1 done once by `alad align`, reused here
+            return align.reuse(cfg, window, *dims, self.adapter_path(window, stage))
         if stage == "align":
-            adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, window,
-                                       cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
+            adapter = AlignmentAdapter(*dims, window, cfg.adapter_hidden, impl=cfg.adapter_impl,
+                                       rngs=nnx.Rngs(_seed(cfg, name)))
+            streamed, why = align.streams(cfg, self.task.tokenizer, *dims)
+            if streamed:
+                return self._align_streamed(name, window, student, teacher, adapter, why)
         else:
             adapter = import_reference(self.adapter_path(window, "align"), impl=cfg.adapter_impl)
         train_rows, val_rows, train_teacher, val_teacher = self._alignment_rows(stage)
@@ -369,6 +374,20 @@ class Pipeline:
             "train_rows": len(train_rows.input_ids), "val_rows": len(val_rows.input_ids),
             "resumed_seconds": result.resumed_seconds, **_stopping(result),
         })
+
+    def _align_streamed(self, name: str, window: int, student, teacher, adapter, why: str) -> dict:
+        """Stage 1 on the streamed corpus, the teacher online (:mod:`alad_train.align`)."""
+        if self.teacher_inputs.level != "same":
+            raise AladError(f"a streamed stage 1 ({why}) needs a student that shares the teacher's tokenizer; "
+                            f"raise cache_budget_gb or lower corpus.max_sentences to cache it instead")
+        record = align.train_streamed(self.cfg, name=name, student=student, teacher=teacher, adapter=adapter,
+                                      tokenizer=self.task.tokenizer, workdir=self.workdir, seed=_seed(self.cfg, name),
+                                      mesh=self.mesh, log_scalars=self.logger.log)
+        best = distributed.host_copy(record.pop("best"))
+        with distributed.primary_writes(name) as writer:
+            if writer:
+                export_reference(best, self.adapter_path(window, "align"))
+        return _jsonable({**record, "policy": why})
 
     # -- measurements ----------------------------------------------------------------------------
     def _latencies(self, names: list[str]) -> dict:

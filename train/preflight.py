@@ -9,14 +9,16 @@ they read (``path:line`` errors); this module checks that everything is there.
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
 from alad_jax.config import Config, dump_toml
+from alad_jax.data import stream
 from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError
 from alad_jax.models import hub
-from alad_train import cases
+from alad_train import align, cases
 
 _WEIGHTS = (hub.SAFETENSORS, hub.SAFETENSORS_INDEX, hub.FLAX_MSGPACK)
 
@@ -36,9 +38,15 @@ def input_files(cfg: Config) -> list[tuple[str, str]]:
             if split != "train" and source == "hash":  # a split of the train file, nothing to read
                 continue
             files.append((f"data.{split}", source))
-    if needs_corpus(cfg):
+    if needs_corpus(cfg) and not _streamed_corpus(cfg):
         files += [(f"corpus.paths[{i}]", source) for i, source in enumerate(cfg.corpus.paths)]
     return files
+
+
+def _streamed_corpus(cfg: Config) -> bool:
+    """A stage-1 corpus read as a stream (a Hub dataset or globs of shards: checked by
+    :func:`alad_jax.data.stream.source_of`), or none at all (``stages.align.from``)."""
+    return bool(cfg.stages.align.from_) or cfg.corpus.format == "hf" or any(glob.has_magic(p) for p in cfg.corpus.paths)
 
 
 def _missing_file(key: str, source: str) -> str | None:
@@ -73,6 +81,19 @@ def check_model(key: str, name_or_path: str, *, cache_dir: str | None = None) ->
         raise AladError(f"config key '{key}' = {name_or_path!r}: {e}") from None
 
 
+def _check_corpus(cfg: Config) -> None:
+    """The stage-1 corpus's settings: an adapter to start from, a stream, or files of a known format."""
+    if cfg.stages.align.from_:
+        for window in cfg.windows:
+            align.resolve_from(cfg.stages.align.from_, window)
+    elif _streamed_corpus(cfg):
+        stream.check_hub(stream.source_of(cfg.corpus))
+    elif cfg.corpus.format not in CORPUS_FORMATS:
+        raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use {' or '.join(CORPUS_FORMATS)}")
+    elif not cfg.corpus.paths:
+        raise AladError("config key 'corpus.paths' is empty; stage 1 needs at least one corpus file")
+
+
 def preflight(cfg: Config) -> None:
     """Raise one :class:`AladError` line if any input of ``cfg``'s run is missing.
 
@@ -81,10 +102,8 @@ def preflight(cfg: Config) -> None:
     the stage-1 corpus files and their format (when a chosen case needs stage 1),
     and the teacher and student models with their tokenizers.
     """
-    if needs_corpus(cfg) and cfg.corpus.format not in CORPUS_FORMATS:
-        raise AladError(f"config key 'corpus.format' is {cfg.corpus.format!r}; use {' or '.join(CORPUS_FORMATS)}")
-    if needs_corpus(cfg) and not cfg.corpus.paths:
-        raise AladError("config key 'corpus.paths' is empty; stage 1 needs at least one corpus file")
+    if needs_corpus(cfg):
+        _check_corpus(cfg)
     problems = [p for key, source in input_files(cfg) if (p := _missing_file(key, source))]
     if problems:
         raise AladError(f"missing input{'s' if len(problems) > 1 else ''} (checked before any training): "

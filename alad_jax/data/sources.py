@@ -22,6 +22,7 @@ stopping the run at its file:line.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import inspect
 import re
 from pathlib import Path
@@ -128,12 +129,27 @@ def read_task_split(data, task: str, split: str, *, skipped: Skipped | None = No
     return readers.read_conll(path, token_col=data.token_col, tag_col=data.tag_col, scheme=data.scheme, skipped=sink)
 
 
+def corpus_files(paths: list[str]) -> list[str]:
+    """``corpus.paths`` as files: ``packaged:NAME`` resolved, globs of shards expanded (sorted)."""
+    files = []
+    for source in paths:
+        source = resolve_source(source)
+        if glob.has_magic(source):
+            matched = sorted(glob.glob(source))
+            if not matched:
+                raise AladError(f"corpus.paths: the glob {source} matches no file; fix the pattern or the directory")
+            files += matched
+        else:
+            files.append(source)
+    return files
+
+
 def read_corpus(corpus) -> list[TaggedSentence]:
-    """The stage-1 general corpus: the sentences of every ``corpus.paths`` file, labels dropped."""
+    """The stage-1 general corpus: the sentences of every ``corpus.paths`` file (or glob), labels dropped."""
     if corpus.format not in CORPUS_FORMATS:
         raise AladError(f"config key 'corpus.format' is {corpus.format!r}; use {' or '.join(CORPUS_FORMATS)}")
     sentences = []
-    for source in corpus.paths:
+    for source in corpus_files(corpus.paths):
         path = _file(source, "corpus.paths", "fix the list")
         _check_format(path, corpus.format, "corpus.format")
         sentences += readers.read_conllu(path) if corpus.format == "conllu" else readers.read_text(path)
