@@ -23,7 +23,7 @@ from alad_jax.errors import AladError
 MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions (alad_jax.models.precision)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-TEACHER_HEADS = ("auto", "keep", "train")  # what happens to a fine-tuned teacher's classifier
+TEACHER_CLASSIFIERS = ("auto", "keep", "train")  # what happens to a fine-tuned teacher's classifier
 
 
 @dataclasses.dataclass
@@ -166,10 +166,10 @@ class Config:
     teacher_finetuned: bool = False  # True: skip stage 0 (the teacher already solves the task)
     # With teacher_finetuned: "keep" the checkpoint's own classifier (HF token-classification layout),
     # "train" a new head on the frozen teacher, or "auto" (keep it when the checkpoint has one).
-    teacher_head: str = "auto"
-    # What to train besides the teacher (docs/guide.md); the stages each case needs follow from it.
-    cases: list[str] = dataclasses.field(default_factory=lambda: [
-        "probe", "student_ft", "head", "frozen", "joint", "noalign_frozen"])
+    teacher_classifier: str = "auto"
+    # What to train besides the teacher: case names (docs/guide.md), or "all" (the full comparison);
+    # the stages each case needs follow from it.
+    cases: list[str] = dataclasses.field(default_factory=lambda: ["all"])
     student: str = MINILM  # Hub id or local directory of the compressed model
     student_layers: int = 2  # > 0: keep only the first N layers of `student` (layer dropping)
     windows: list[int] = dataclasses.field(default_factory=lambda: [3])  # AlAd window sizes K (odd), rows for each
@@ -218,8 +218,9 @@ class Config:
             raise AladError(f"config key 'seeds' is {self.seeds}; give distinct non-negative seeds, e.g. seeds=[0,1,2]")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise AladError(f"config key 'matmul_dtype' is {self.matmul_dtype!r}; use {' or '.join(MATMUL_DTYPES)}")
-        if self.teacher_head not in TEACHER_HEADS:
-            raise AladError(f"config key 'teacher_head' is {self.teacher_head!r}; use {', '.join(TEACHER_HEADS)}")
+        if self.teacher_classifier not in TEACHER_CLASSIFIERS:
+            raise AladError(f"config key 'teacher_classifier' is {self.teacher_classifier!r}; "
+                            f"use {', '.join(TEACHER_CLASSIFIERS)}")
         if self.alignment.level not in ("token", "word"):
             raise AladError(f"config key 'alignment.level' is {self.alignment.level!r}; use token or word")
         if self.student_layers < 0:

@@ -86,13 +86,15 @@ def test_config_default_selects_every_case():
     """The embedded default stays the full comparison."""
     from alad_jax.config import Config
 
-    assert cases.selected(Config().cases) == cases.SELECTABLE
+    assert Config().cases == ["all"] and cases.selected(Config().cases) == cases.SELECTABLE
+    assert cases.selected(["probe", "student_ft", "head", "frozen", "joint", "noalign_frozen"]) == cases.SELECTABLE
 
 
 @pytest.mark.parametrize("names, expected", [
     (["frzen"], "unknown case 'frzen'; use any of probe, student_ft, head, frozen, joint, noalign_frozen"),
     (["teacher"], "unknown case 'teacher'"),
     ([], "is empty"),
+    (["all", "frozen"], "unknown case 'all'"),
     (["frozen", "frozen"], "repeats a case"),
 ])
 def test_a_bad_cases_list_is_one_line_naming_the_valid_cases(names, expected):

@@ -61,3 +61,16 @@ def test_the_printed_plan_says_what_is_done_what_resumes_and_what_runs(tmp_path)
 def test_unknown_case_stops_load_and_plan_with_the_valid_names():
     with pytest.raises(Exception, match="use any of probe, student_ft, head, frozen, joint, noalign_frozen"):
         plan.make_plan(load_config(None, ['cases=["frozn"]']), cases.TEACHER_FT)
+
+
+def test_the_shipped_smoke_config_resolves_passes_its_checks_and_plans_every_row(tmp_path):
+    from pathlib import Path
+
+    from alad_train.preflight import check_run
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.toml")
+    assert (cfg.data.max_train, cfg.data.max_dev, cfg.data.max_test, cfg.windows) == (64, 32, 32, [3])
+    text = check_run(cfg, tmp_path / "smoke")
+    assert "results.json rows: teacher, student_probe, student_ft, alad_w3_head, alad_w3_frozen, alad_w3_joint, " \
+           "alad_w3_noalign_frozen" in text
+    assert not (tmp_path / "smoke").exists()

@@ -27,7 +27,7 @@ from alad_jax.models import hub
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from alad_train import own_teacher, pipeline
+from alad_train import cases, own_teacher, pipeline
 
 STAGES = ("teacher", "head", "frozen", "joint", "probe", "student_ft")
 
@@ -279,12 +279,12 @@ def test_own_teacher_labels_that_differ_from_the_data_are_one_line_naming_them(t
     assert "\n" not in message
     assert "missing PUNCT (in the data, not in the teacher's head)" in message
     assert "extra PUNCTUATION (in the teacher's head, not in the data's labels)" in message
-    assert 'teacher_head = "train"' in message
+    assert 'teacher_classifier = "train"' in message
 
 
 def test_keeping_a_head_the_checkpoint_lacks_is_refused(tiny):
     root, overrides, _ = tiny
-    cfg = load_config(None, [*overrides, "teacher_finetuned=true", "teacher_head=keep"])
-    with pytest.raises(AladError, match=r"has no classifier.weight / classifier.bias; set teacher_head = \"train\""):
+    cfg = load_config(None, [*overrides, "teacher_finetuned=true", "teacher_classifier=keep"])
+    with pytest.raises(AladError, match=r"has no classifier.weight / classifier.bias; set teacher_classifier = \"train\""):
         own_teacher.teacher_case(cfg)
-    assert own_teacher.teacher_case(load_config(None, [*overrides, "teacher_finetuned=true"])).name == "teacher_head"
+    assert own_teacher.teacher_case(load_config(None, [*overrides, "teacher_finetuned=true"])) is cases.TEACHER_HEAD

@@ -119,9 +119,15 @@ ALIGNMENT_TRAINS = param_filter("adapter")
 _WINDOWED_ROW = re.compile(r"alad_w(\d+)_(\w+)")
 
 
+ALL = "all"  # config key `cases`: the full comparison
+
+
 def selected(names) -> tuple[Case, ...]:
-    """The cases config key ``cases`` names, in run order; one clear error for an unknown or repeated name."""
-    valid = ", ".join(c.name for c in SELECTABLE)
+    """The cases config key ``cases`` names (``["all"]``: every one), in run order; one clear error for an
+    unknown or repeated name."""
+    if list(names) == [ALL]:
+        return SELECTABLE
+    valid = ", ".join(c.name for c in SELECTABLE) + f" (or just {ALL})"
     unknown = [n for n in names if n not in BY_NAME or BY_NAME[n] not in SELECTABLE]
     if unknown:
         raise AladError(f"config key 'cases' holds unknown case{'s' if len(unknown) > 1 else ''} "

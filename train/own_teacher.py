@@ -4,11 +4,11 @@ With ``teacher_finetuned = true`` the run trains no teacher (no stage 0). A
 checkpoint in the Hugging Face token-classification layout (``bert.*`` encoder
 tensors beside ``classifier.weight`` / ``classifier.bias``, ``config.json``
 with ``id2label``, e.g. what ``BertForTokenClassification.save_pretrained``
-writes) keeps its head (``teacher_head = "keep"``, or ``"auto"`` when the
+writes) keeps its head (``teacher_classifier = "keep"``, or ``"auto"`` when the
 checkpoint has one); the teacher row is then the checkpoint evaluated on the
 run's dev and test data. Its labels must be the data's: the head's rows are
 put in the data's label order by name, and a label one side has and the other
-lacks is one error line. Without a classifier (or ``teacher_head = "train"``)
+lacks is one error line. Without a classifier (or ``teacher_classifier = "train"``)
 a new head trains on the frozen teacher (:data:`cases.TEACHER_HEAD`).
 """
 
@@ -52,11 +52,11 @@ def _id2label(model_dir: Path, count: int) -> list[str]:
     where = model_dir / "config.json"
     if not isinstance(id2label, dict) or sorted(map(str, id2label)) != sorted(str(i) for i in range(count)):
         raise AladError(f"{where}: 'id2label' must map each of the classifier's {count} outputs (0..{count - 1}) "
-                        f"to a label name, found {id2label!r}; add it, or set teacher_head = \"train\"")
+                        f"to a label name, found {id2label!r}; add it, or set teacher_classifier = \"train\"")
     labels = [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(count)]
     if any(name == f"LABEL_{i}" for i, name in enumerate(labels)):
         raise AladError(f"{where}: 'id2label' holds placeholder names (LABEL_0, ...); save the model with its real "
-                        f"label names (id2label), or set teacher_head = \"train\"")
+                        f"label names (id2label), or set teacher_classifier = \"train\"")
     return labels
 
 
@@ -64,19 +64,19 @@ def teacher_case(cfg: Config) -> Case:
     """The teacher row's case: stage 0 (a full fine-tune), a new head on a fine-tuned teacher, or the
     checkpoint as it is (its own classifier)."""
     if not cfg.teacher_finetuned:
-        if cfg.teacher_head == "keep":
-            raise AladError("config key 'teacher_head' is \"keep\" but teacher_finetuned = false (the run fine-tunes "
-                            "the teacher); set teacher_finetuned = true to use the checkpoint as it is")
+        if cfg.teacher_classifier == "keep":
+            raise AladError("config key 'teacher_classifier' is \"keep\" but teacher_finetuned = false (the run "
+                            "fine-tunes the teacher); set teacher_finetuned = true to use the checkpoint as it is")
         return cases.TEACHER_FT
-    if cfg.teacher_head == "train":
+    if cfg.teacher_classifier == "train":
         return cases.TEACHER_HEAD
     model_dir = hub.resolve_model_dir(cfg.teacher, cache_dir=cfg.cache_dir or None)
     has_head = _classifier(model_dir) is not None
-    if cfg.teacher_head == "keep" and (cfg.task == "qa" or not has_head):
+    if cfg.teacher_classifier == "keep" and (cfg.task == "qa" or not has_head):
         why = "task qa has no token classifier to keep" if cfg.task == "qa" else \
             f"{model_dir} has no classifier.weight / classifier.bias"
-        raise AladError(f"config key 'teacher_head' is \"keep\" but {why}; set teacher_head = \"train\" "
-                        "(a new head trains on the frozen teacher)")
+        raise AladError(f"config key 'teacher_classifier' is \"keep\" but {why}; "
+                        "set teacher_classifier = \"train\" (a new head trains on the frozen teacher)")
     return cases.TEACHER_GIVEN if has_head and cfg.task != "qa" else cases.TEACHER_HEAD
 
 
@@ -100,7 +100,7 @@ def load_head(cfg: Config, labels: tuple[str, ...], used: set[str], width: int) 
                 ([f"extra {', '.join(extra)} (in the teacher's head, not in the data's labels)"] if extra else [])
         raise AladError(f"teacher {cfg.teacher}: its classifier's labels (config.json id2label) differ from the "
                         f"data's: {'; '.join(parts)}; use a teacher fine-tuned on these labels, or set "
-                        f"teacher_head = \"train\" to train a new head on it")
+                        f"teacher_classifier = \"train\" to train a new head on it")
     index = {name: i for i, name in enumerate(names)}
     kernel = np.zeros((width, len(labels)), np.float32)
     full_bias = np.full(len(labels), NEVER, np.float32)
