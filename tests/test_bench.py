@@ -47,6 +47,7 @@ def _run_cli(argv) -> str:
 
 def test_report_has_every_required_key(report):
     assert report["matmul_peak_gflops"] > 0
+    assert report["xla_cpu"]["matmul_dtype"] == report["matmul_dtype"] and report["xla_cpu"]["bf16_dot"]
     assert set(report["latency_ms"]) == {"student", "alad_w1", "alad_w3", "alad_w5", "teacher"}
     for entry in report["latency_ms"].values():
         for batch in ("b1", "b32"):

@@ -106,6 +106,7 @@ def test_results_json_meets_the_contract(finished):
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk["task"] == "pos" and on_disk["metric"] == "accuracy"
     assert [r["name"] for r in on_disk["rows"]] == ROWS
+    assert on_disk["xla_cpu"]["matmul_dtype"] == "bfloat16" and "bf16_matrix_instructions" in on_disk["xla_cpu"]
     for row in on_disk["rows"]:
         assert set(row) >= {"name", "dev", "test", "params", "latency_ms", "cosine"}
         assert 0.0 <= row["dev"] <= 1.0 and 0.0 <= row["test"] <= 1.0

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alad_jax import sharding
+from alad_jax import sharding, xla_cpu
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config, load_config
@@ -402,6 +402,7 @@ def run_bench(cfg: Config, *, quick: bool = False, vs_torch: bool = False) -> di
         "student": student_name,
         "seq_len": SEQ,
         "matmul_dtype": cfg.matmul_dtype,
+        "xla_cpu": xla_cpu.describe(cfg.matmul_dtype),
         "matmul_peak_gflops": peak,
         "matmul_gflops_before_after": [peak_before, peak_after],
         "matmul_peak_gflops_by_dtype": peaks,

@@ -122,6 +122,14 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _cpu_note(matmul_dtype: str) -> None:
+    """One line on stderr where bfloat16 matmuls cannot be fast on this CPU (alad_jax.xla_cpu)."""
+    from alad_jax import xla_cpu
+
+    if line := xla_cpu.startup_note(matmul_dtype):
+        print(line, file=sys.stderr)
+
+
 def _run(args) -> int:
     from alad_jax import distributed
     from alad_jax.config import load_config
@@ -147,6 +155,7 @@ def _run(args) -> int:
     distributed.initialize()
     try:
         _enable_compilation_cache()
+        _cpu_note(config.matmul_dtype)
         if args.command == "align":
             align.align(config, workdir)
             distributed.finished()

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alad_jax import compile_meter, distributed, sharding
+from alad_jax import compile_meter, distributed, sharding, xla_cpu
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
 from alad_jax.cache import HiddenCache
 from alad_jax.config import Config
@@ -460,6 +460,7 @@ class Pipeline:
             "compile_seconds": round(compile_meter.seconds(), 1),
             "devices": [str(d) for d in jax.devices()],
             "processes": jax.process_count(),
+            "xla_cpu": xla_cpu.describe(cfg.matmul_dtype),  # which library ran the bfloat16 matmuls (issue 28)
         }
 
 
