@@ -34,7 +34,8 @@ from alad_jax.errors import AladError
 from alad_jax.models import compress, hub
 from alad_train import cases, models, tasks
 from alad_train.loop import Objective, fit
-from alad_train.workdir import _atomic_write, prepare_workdir
+from alad_train.files import atomic_write_text
+from alad_train.workdir import prepare_workdir
 
 BYTES_PER_VALUE = 2  # the cache stores bfloat16
 SAMPLE_SENTENCES = 512  # sentences tokenized to estimate a corpus's tokens
@@ -205,7 +206,7 @@ def align(cfg: Config, workdir: Path) -> dict:
         record["teacher"], record["student"] = cfg.teacher, student_dir
         progress[name] = _jsonable(record)
         if distributed.is_primary():
-            _atomic_write(progress_path, json.dumps(progress, indent=1))
+            atomic_write_text(progress_path, json.dumps(progress, indent=1))
             print(f"{name}: {record['steps']} steps ({record['stopped']}), validation mse {record['mse']:.4f} "
                   f"cosine {record['cosine']:.4f}, {record['tokens_per_s']:.0f} tokens/s", flush=True)
     return progress

@@ -37,7 +37,8 @@ from alad_train import align, cases, measure, models, own_teacher, plan, predict
 from alad_train.cases import Case
 from alad_train.loop import Objective, fit
 from alad_train.preflight import preflight
-from alad_train.workdir import _atomic_write, drop_cache, drop_finished_checkpoints, prepare_workdir
+from alad_train.files import atomic_write_text
+from alad_train.workdir import drop_cache, drop_finished_checkpoints, prepare_workdir
 
 
 _seed = align.stage_seed
@@ -68,7 +69,7 @@ class Pipeline:
         result["compile_seconds"] = round(compile_meter.seconds() - compiled, 2)
         self.progress[name] = result
         if distributed.is_primary():
-            _atomic_write(self.progress_path, json.dumps(self.progress, indent=1))
+            atomic_write_text(self.progress_path, json.dumps(self.progress, indent=1))
             print(report.format_summary(name, result), flush=True)
             if not self.cfg.keep_checkpoints:
                 drop_finished_checkpoints(self.workdir, self.progress)

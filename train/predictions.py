@@ -16,12 +16,12 @@ file is written, so the file and the row's number cannot disagree.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from alad_jax.data.readers import Answer, QAExample
 from alad_jax.errors import AladError
 from alad_jax.metrics import squad_v2_scores, tagging_scores
+from alad_train.files import atomic_write_text
 
 FORMAT = "alad-predictions/1"
 HEADLINE = {"pos": "accuracy", "ner": "f1", "qa": "f1"}
@@ -50,12 +50,7 @@ def write(workdir: str | Path, row: str, split: str, *, task: str, records: list
     out.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "row": row, "split": split, "task": task, "metric": HEADLINE[task],
               "score": score, "meta": meta or {}}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in (header, *records):
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(out, (json.dumps(line, ensure_ascii=False) + "\n" for line in (header, *records)))
 
 
 def read(file: str | Path) -> tuple[dict, list[dict]]:

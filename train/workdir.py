@@ -8,7 +8,6 @@ What each subdirectory holds and what it costs on disk: docs/guide.md.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,12 +18,7 @@ from jax.experimental import multihost_utils
 from alad_jax import distributed
 from alad_jax.config import Config, dump_toml
 from alad_jax.errors import AladError
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from alad_train.files import atomic_write_text
 
 
 # What a run writes into its work directory; `--restart` removes these (cache/ is keyed by content: kept).
@@ -106,9 +100,9 @@ def prepare_workdir(workdir: Path, cfg: Config, *, restart: bool = False) -> Pat
             print(f"{workdir}: replacing the config of a run that never finished a stage", file=sys.stderr)
             # A student truncated for the old config would be reused as is: it goes with it.
             shutil.rmtree(workdir / "models" / "student", ignore_errors=True)
-            _atomic_write(config_path, text)
+            atomic_write_text(config_path, text)
     elif old is None and distributed.is_primary():
-        _atomic_write(config_path, text)
+        atomic_write_text(config_path, text)
     return workdir
 
 

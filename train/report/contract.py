@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from alad_jax.errors import AladError
+from alad_train.files import atomic_write_text
 
 TOP_KEYS = ("task", "metric", "teacher", "student", "rows")
 ROW_KEYS = ("name", "dev", "test", "params", "latency_ms", "cosine")
@@ -88,15 +88,6 @@ def _validated(results: dict) -> dict:
 
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` so a reader (or a killed run) sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def write_results(workdir: Path, results: dict) -> None:
     """Write ``workdir/results.json`` (contract, indent 2) and ``workdir/results.md``.
@@ -115,6 +106,6 @@ def write_results(workdir: Path, results: dict) -> None:
     from alad_train.report.markdown import render_markdown  # the table is rendered from validated data
 
     markdown = render_markdown(data)
-    _atomic_write_text(workdir / "results.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    _atomic_write_text(workdir / "results.md", markdown)
+    atomic_write_text(workdir / "results.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(workdir / "results.md", markdown)
 
