@@ -160,6 +160,11 @@ def test_vs_torch_puts_every_step_ratio_in_one_place(report):
     assert set(autocast) == set(ratios)
     for name, ratio in autocast.items():
         assert ratio == pytest.approx(side[name]["alad_jax"] / side[name]["torch_bf16_autocast"], rel=1e-3)
+    # Both frameworks' GEMM rates on this CPU, per dtype, from the same interleaved reps (issue 28).
+    gemm = report["gemm_gflops_vs_torch"]
+    assert gemm["n"] == bench_steps.GEMM_N
+    for side_name in ("alad_jax", "torch"):
+        assert set(gemm[side_name]) == {"float32", "bfloat16"} and all(v > 1 for v in gemm[side_name].values())
 
 
 def test_vs_torch_without_torch_says_how_to_install(monkeypatch, capsys):

@@ -35,7 +35,10 @@ per batch shape). ``--vs-torch`` also times the authors' PyTorch recipe
 AdamW, no cache) on the same batches and reports ours / theirs, and runs
 every train step above (fine-tune, uncached alignment and cached AlAd on dense
 batches) side by side with its PyTorch twin, alternating rep by rep:
-``ratios_vs_torch`` holds all five ratios (ours / theirs tokens/s).
+``ratios_vs_torch`` holds all five ratios (ours / theirs tokens/s), and
+``gemm_gflops_vs_torch`` both frameworks' ``GEMM_N``-cubed matmul rates in
+float32 and bfloat16 on this CPU. ``xla_cpu`` records the CPU's bfloat16 matrix
+instructions and which XLA:CPU library ran a bfloat16 dot (:mod:`alad_jax.xla_cpu`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ other processes falls on both alike, and the ratio of the medians is reported.
 The alignment steps (uncached: student + teacher forwards and the AlAd step;
 cached: the AlAd step on given hidden states) are compared the same way on a
 dense ``ALIGN_BATCH``, so ``ratios_vs_torch`` holds every step's ratio from one
-interleaved run.
+interleaved run. Then both frameworks' square matmuls (``GEMM_N``, float32 and
+bfloat16) alternate the same way: ``gemm_gflops_vs_torch``, the peaks MFU is
+measured against.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ FINETUNE_BATCH = (32, 64)
 ALIGN_BATCH = (32, 128)  # the stages' 4096-token budget, every position real
 FINETUNE_CASES = (cases.TEACHER_FT, cases.STUDENT_FT, cases.JOINT)
 TORCH_AUTOCAST = "+bf16_autocast"  # a PyTorch step's name with this suffix runs its forward under CPU autocast
+GEMM_N = 2048  # the square matmul both frameworks' GEMM rates are measured on (--vs-torch)
+GEMM_DTYPES = ("float32", "bfloat16")
 
 
 def dense_batch(rows: int, length: int, vocab: int, num_labels: int, seed: int = 0) -> dict:
@@ -112,6 +116,35 @@ def jax_steps(cfg: Config, teacher, student, batch: dict, num_labels: int, matmu
         step()  # first call: buffer allocation
         steps[case.name] = step
     return steps
+
+
+def jax_gemm_steps(n: int = GEMM_N) -> dict:
+    """{"gemm_<dtype>": a blocking ``[n, n] @ [n, n]``}: operands of the dtype, float32 accumulation and result
+    (the train steps' bfloat16 form, :mod:`alad_jax.models.precision`)."""
+    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
+    steps = {}
+    for dtype in GEMM_DTYPES:
+        a, b = (jax.random.normal(k, (n, n), dtype) for k in jax.random.split(jax.random.key(n)))
+        dot(a, b).block_until_ready()
+
+        def gemm(a=a, b=b) -> None:  # returns nothing: interleaved_medians times it (a number would be seconds)
+            dot(a, b).block_until_ready()
+
+        steps[f"gemm_{dtype}"] = gemm
+    return steps
+
+
+def gemm_vs_torch(worker, reps: int, n: int = GEMM_N) -> dict:
+    """GFLOP/s of both frameworks' ``n``-cubed matmul per dtype, interleaved rep by rep (median)."""
+    ours = jax_gemm_steps(n)
+    times = interleaved_medians({"alad_jax": ours, "torch": {name: functools.partial(worker.step, name)
+                                                             for name in ours}}, reps)
+    return {"n": n, "reps": reps,
+            **{side: {name.removeprefix("gemm_"): 2 * n**3 / statistics.median(t) / 1e9 for name, t in by.items()}
+               for side, by in times.items()},
+            "note": "square matmuls; ours: jnp.dot of operands of the dtype, float32 accumulation and result; "
+                    "PyTorch: torch.mm of operands of the dtype in its worker process (a bfloat16 result, as "
+                    "under autocast)"}
 
 
 def interleaved_medians(sides: dict[str, dict], reps: int) -> dict:
@@ -205,6 +238,7 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
     load_before = os.getloadavg()[0]
     try:
         times = interleaved_medians(sides, reps)
+        gemm = gemm_vs_torch(worker, reps) if worker is not None else None
     finally:
         if worker is not None:
             worker.close()
@@ -268,4 +302,5 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
         out["ratios_vs_torch"] = {name: ours[name]["tokens_per_s"] / theirs[name]["tokens_per_s"] for name in ours}
         out["ratios_vs_torch_bf16_autocast"] = {name: ours[name]["tokens_per_s"] / autocast[name]["tokens_per_s"]
                                                 for name in ours}
+        out["gemm_gflops_vs_torch"] = gemm  # MFU's denominator, measured for both frameworks on this CPU
     return out

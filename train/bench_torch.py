@@ -283,6 +283,18 @@ class TorchWorker:
             self.proc.wait(timeout=60)
 
 
+def _gemm_steps(n: int, dtypes) -> dict:
+    """{"gemm_<dtype>": ``torch.mm`` of two ``[n, n]`` operands of the dtype} (oneDNN's kernels for bfloat16)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(n)
+    steps = {}
+    for dtype in dtypes:
+        a, b = (torch.randn(n, n, generator=generator).to(getattr(torch, dtype)) for _ in range(2))
+        steps[f"gemm_{dtype}"] = lambda a=a, b=b: torch.mm(a, b)
+    return steps
+
+
 def _worker(workdir: Path) -> None:
     import sys
     from types import SimpleNamespace
@@ -297,7 +309,7 @@ def _worker(workdir: Path) -> None:
                           head_dropout=spec["head_dropout"], optim=SimpleNamespace(**spec["optim"]),
                           stages=SimpleNamespace(**{k: SimpleNamespace(**v) for k, v in spec["stages"].items()}))
     teacher_dir, student_dir = Path(spec["teacher_dir"]), Path(spec["student_dir"])
-    from alad_train.bench_steps import TORCH_AUTOCAST
+    from alad_train.bench_steps import GEMM_DTYPES, GEMM_N, TORCH_AUTOCAST
 
     steps = {}
     finetune = finetune_steps(cfg, teacher_dir, student_dir, spec["num_labels"])
@@ -307,6 +319,7 @@ def _worker(workdir: Path) -> None:
         if align is not None:
             built.update(align(part("al_"), part("hid_"), autocast=autocast))
         steps.update({name + suffix: step for name, step in built.items()})
+    steps.update(_gemm_steps(GEMM_N, GEMM_DTYPES))
     for step in steps.values():  # warm-up: allocator and oneDNN primitive creation, like our compilation
         step()
         step()
