@@ -23,7 +23,6 @@ import zlib
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 
 from alad_jax import distributed, sharding
@@ -34,7 +33,7 @@ from alad_jax.errors import AladError
 from alad_jax.models import compress, hub
 from alad_train import cases, models, tasks
 from alad_train.loop import Objective, fit
-from alad_train.files import atomic_write_text
+from alad_train.files import atomic_write_text, jsonable
 from alad_train.workdir import prepare_workdir
 
 BYTES_PER_VALUE = 2  # the cache stores bfloat16
@@ -204,19 +203,10 @@ def align(cfg: Config, workdir: Path) -> dict:
                 export_reference(best, workdir / "adapters" / f"w{window}_align.safetensors")
         record["wall_seconds"] = round(time.perf_counter() - started + record.pop("resumed_seconds"), 2)
         record["teacher"], record["student"] = cfg.teacher, student_dir
-        progress[name] = _jsonable(record)
+        progress[name] = jsonable(record)
         if distributed.is_primary():
             atomic_write_text(progress_path, json.dumps(progress, indent=1))
             print(f"{name}: {record['steps']} steps ({record['stopped']}), validation mse {record['mse']:.4f} "
                   f"cosine {record['cosine']:.4f}, {record['tokens_per_s']:.0f} tokens/s", flush=True)
     return progress
 
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

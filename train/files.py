@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 
 def atomic_write_text(path: str | os.PathLike, text: str | Iterable[str]) -> Path:
     """Write ``text`` (a string, or lines already ending in newlines) to ``path`` in UTF-8.
@@ -22,3 +24,14 @@ def atomic_write_text(path: str | os.PathLike, text: str | Iterable[str]) -> Pat
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def jsonable(value):
+    """``value`` in plain JSON types: metrics may come back as numpy scalars."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

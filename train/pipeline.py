@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import numpy as np
 from flax import nnx
 
 from alad_jax import compile_meter, distributed, sharding, xla_cpu
@@ -37,7 +36,7 @@ from alad_train import align, cases, measure, models, own_teacher, plan, predict
 from alad_train.cases import Case
 from alad_train.loop import Objective, fit
 from alad_train.preflight import preflight
-from alad_train.files import atomic_write_text
+from alad_train.files import atomic_write_text, jsonable
 from alad_train.workdir import drop_cache, drop_finished_checkpoints, prepare_workdir
 
 
@@ -185,7 +184,7 @@ class Pipeline:
             used = {t for split in task.sentences.values() for s in split for t in s.tags or ()}
             head, note = own_teacher.load_head(cfg, task.vocab.labels, used, encoder.config.hidden_size)
             best = TaskModel(encoder, head, train_encoder=False)
-            row = _jsonable({**own_teacher.score_as_is(case.row_name(), best, task), "note": note})
+            row = jsonable({**own_teacher.score_as_is(case.row_name(), best, task), "note": note})
             self._save_model(case.row_name(), best, case, row, model_name=cfg.teacher, task=task)
             return row
         head = self.task.make_head(encoder.config.hidden_size, _seed(cfg, case.row_name() + "_head"))
@@ -289,7 +288,7 @@ class Pipeline:
             "tokens_per_s": round(result.tokens_per_s, 1),
             "resumed_seconds": result.resumed_seconds, **_stopping(result),
         }
-        return _jsonable(row), best
+        return jsonable(row), best
 
     def _predict_and_save(self, name: str, task, model: TaskModel, split: str) -> tuple[float, dict]:
         """(score, metrics) of ``model`` on ``split``, scored from the very records written to
@@ -368,7 +367,7 @@ class Pipeline:
             if writer:
                 export_reference(best, self.adapter_path(window, stage))
         _, metrics = evaluate(result.model)
-        return _jsonable({
+        return jsonable({
             "name": name, "mse": metrics["mse"], "cosine": metrics["cosine"],
             "train_seconds": round(result.seconds, 2), "steps": result.steps,
             "tokens_per_s": round(result.tokens_per_s, 1), "cached": cfg.cache_features,
@@ -388,7 +387,7 @@ class Pipeline:
         with distributed.primary_writes(name) as writer:
             if writer:
                 export_reference(best, self.adapter_path(window, "align"))
-        return _jsonable({**record, "policy": why})
+        return jsonable({**record, "policy": why})
 
     # -- measurements ----------------------------------------------------------------------------
     def _latencies(self, names: list[str]) -> dict:
@@ -498,17 +497,6 @@ def _compact_history(row: dict) -> dict:
     """A results.json row keeps only the dev curve (and train loss) of its full history."""
     keep = ("epoch", "dev", "train_loss")
     return {**row, "history": [{k: h[k] for k in keep if k in h} for h in row.get("history", [])]}
-
-
-def _jsonable(value):
-    """Plain JSON types (metrics may come back as numpy scalars)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def run(cfg: Config, workdir: str | Path, *, restart: bool = False) -> dict:
