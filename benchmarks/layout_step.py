@@ -71,6 +71,10 @@ def cmp(a, b, name):
     diff_leaves = sum(not np.array_equal(a[k], b[k]) for k in a)
     diff_elems = sum(int((a[k] != b[k]).sum()) for k in a)
     total = sum(a[k].size for k in a)
+    kmax = max(a, key=lambda k: np.abs(a[k] - b[k]).max())
+    num = np.sqrt(sum(float(((a[k] - b[k]).astype(np.float64) ** 2).sum()) for k in a))
+    den = np.sqrt(sum(float((a[k].astype(np.float64) ** 2).sum()) for k in a))
+    print(f"{name}: worst leaf {kmax} (its max |value| {np.abs(a[kmax]).max():.3e}); global ||diff||/||a|| {num / den:.3e}")
     print(f"{name}: leaves differing {diff_leaves}/{len(a)}, elements {diff_elems}/{total}, max abs {worst_abs:.3e}, max |diff|/max|leaf| {worst_rel:.3e}")
     return diff_leaves
 cmp(g1, g2, "grads")
