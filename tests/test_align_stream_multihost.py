@@ -78,3 +78,27 @@ def test_the_time_budget_is_process_0s_clock_so_both_processes_stop_at_the_same_
     assert [r["stopped"] for r in records] == ["time", "time"]
     assert records[0]["steps"] == records[1]["steps"] > 1
     assert records[0]["history"] == records[1]["history"]
+
+
+def test_the_stream_ends_for_both_processes_at_the_first_process_end(setup):
+    from alad_jax.config import load_config
+    from alad_jax.data import stream
+    from alad_jax.models import hub
+
+    root, _ = setup
+    inputs = root / "inputs"
+    source = stream.source_of(load_config(overrides=align_worker.overrides(inputs)).corpus)
+    tokenizer = hub.load_tokenizer(str(inputs / "student"))
+
+    def batches(limit: int, process: int) -> int:
+        return len(list(stream.AlignmentStream(source, tokenizer, max_length=48, stride=16, gap=1, rows=2, skip=16,
+                                               limit=limit, process_index=process, process_count=2, prefetch=0)))
+
+    # a corpus size whose two shards pack into different numbers of batches
+    limit, counts = next((n, c) for n in range(20, 120) if len(set(c := [batches(n, p) for p in range(2)])) == 2)
+    workdir = root / "ends"
+    extra = [f"corpus.max_sentences={limit}", "stages.align.eval_every=1000"]
+    assert _run(setup, workdir, extra, timeout=300) == [0, 0], _logs(setup, workdir)
+    records = [json.loads((workdir / f"out.p{i}.json").read_text()) for i in range(2)]
+    assert [r["steps"] for r in records] == [min(counts)] * 2 and [r["stopped"] for r in records] == ["cap"] * 2
+    assert records[0]["val_rows"] == records[1]["val_rows"] >= 16  # the whole head of the stream, on each process

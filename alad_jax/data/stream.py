@@ -247,7 +247,9 @@ def read_sentences(source: StreamSource, start: int, count: int, process_count: 
 
     A Hub dataset read by ``process_count`` > 1 processes: of process 0's part of it (the part whose head
     its training stream skips), so that every host reads only the head of one part."""
-    it = _SentenceIterator(source, start=start, stop=start + count, process_index=0, process_count=process_count,
+    # Local shards: every process reads the whole head; a split Hub stream: the head of process 0's part.
+    count_split = process_count if splits_by_node(source, process_count) else 1
+    it = _SentenceIterator(source, start=start, stop=start + count, process_index=0, process_count=count_split,
                            passes=1)
     return [TaggedSentence(words, None, f"stream:{start + i}") for i, words in enumerate(it)]
 
