@@ -7,6 +7,10 @@ key derived from the parameters and configuration of both encoders and the
 tokenized rows, and the adapter then trains from the cache. Any change of
 model, data or tokenizer changes the key, so a stale cache is never read.
 Stored per token (no padding), so one cache serves any batching or bucketing.
+
+With several processes each encodes only its own contiguous share of the rows and writes it as a
+part (``part<i>/``) of the one cache directory; every process then reads the parts memory-mapped
+(the work directory is shared), so every global batch gathers the same states as with one process.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from alad_jax import distributed
 from alad_jax.data.batching import pack_rows
 from alad_jax.errors import AladError
 from alad_jax.models import precision
@@ -150,6 +155,8 @@ def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: S
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     if out is None:
         out = np.zeros((offsets[-1], encoder.config.hidden_size), BF16)
+    if not len(rows):  # a process's share of fewer rows than processes
+        return out
     longest = int(lengths.max())
     width = max(buckets) if buckets and longest <= max(buckets) else 1 << max(4, (longest - 1).bit_length())
     packed = pack_rows(lengths, width)
@@ -193,10 +200,64 @@ def _words_to_student_tokens(teacher: np.ndarray, teacher_rows, teacher_words, s
     return out
 
 
+def shares(num_rows: int, count: int) -> np.ndarray:
+    """Bounds of ``count`` contiguous, near-equal shares of ``num_rows`` rows: share ``i`` is ``[b[i], b[i+1])``."""
+    return np.linspace(0, num_rows, count + 1).round().astype(np.int64)
+
+
+def _encode_parts(tmp: Path, rows, student, teacher, token_types, batch_size, buckets, teacher_rows, teacher_words,
+                  student_words, matmul_dtype) -> dict[str, np.ndarray]:
+    """The student's and teacher's states of ``rows``, written into ``tmp`` as they are computed."""
+    parts = {}
+    for name, encoder in (("student", student), ("teacher", teacher)):
+        encoder_rows = rows if name == "student" or teacher_rows is None else teacher_rows
+        # Written to disk as computed; word-level teacher states are averaged in memory first (task data).
+        out = None if name == "teacher" and teacher_words is not None else _open_part(
+            tmp, name, int(sum(len(r) for r in encoder_rows)), encoder.config.hidden_size)
+        parts[name] = _encode_rows(encoder, encoder_rows, None if encoder_rows is not rows else token_types,
+                                   batch_size, buckets, matmul_dtype, out=out)
+    if teacher_words is not None:
+        parts["teacher"] = _words_to_student_tokens(parts["teacher"], teacher_rows, teacher_words, student_words)
+    tokens = sum(len(r) for r in rows)
+    if parts["teacher"].shape[0] != tokens:
+        raise AladError(f"hidden cache: the teacher rows have {parts['teacher'].shape[0]} tokens, the student rows "
+                        f"{tokens}; pass teacher_words and student_words when the tokenizations differ")
+    return parts
+
+
+class PartedRows:
+    """The rows of several ``[n_i, D]`` arrays (memory-mapped cache parts) read as one ``[sum n_i, D]`` table."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = list(parts)
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
+        self.dtype = self.parts[0].dtype
+        self.nbytes = sum(p.nbytes for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` (an integer array ``[N]``) -> ``[N, D]``, in that order."""
+        index = np.asarray(index, np.int64)
+        out = np.empty((len(index), self.shape[1]), self.dtype)
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        for k, rows in enumerate(self.parts):
+            here = part == k
+            if here.any():
+                out[here] = rows[index[here] - self.starts[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate([np.asarray(p) for p in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
+
+
 class HiddenCache:
     """Per-row student and teacher hidden states, ``[num_tokens, D]`` bf16 each, plus row offsets."""
 
-    def __init__(self, student: np.ndarray, teacher: np.ndarray, offsets: np.ndarray):
+    def __init__(self, student: "np.ndarray | PartedRows", teacher: "np.ndarray | PartedRows", offsets: np.ndarray):
         self.student = student
         self.teacher = teacher
         self.offsets = offsets
@@ -239,29 +300,56 @@ class HiddenCache:
         if (path / "done.json").is_file():
             return cls._load(path)
         offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        count = jax.process_count()
+        if count > 1:  # this process's share of the rows, encoded into its part of the cache
+            return cls._build_part(path, offsets, rows, student, teacher, token_types=token_types,
+                                   batch_size=batch_size, buckets=buckets, teacher_rows=teacher_rows,
+                                   teacher_words=teacher_words, student_words=student_words,
+                                   matmul_dtype=matmul_dtype, index=jax.process_index(), count=count)
         tmp = _tmp_dir(path)
-        parts = {}
-        for name, encoder in (("student", student), ("teacher", teacher)):
-            encoder_rows = rows if name == "student" or teacher_rows is None else teacher_rows
-            # Written to disk as computed; word-level teacher states are averaged in memory first (task data).
-            out = None if name == "teacher" and teacher_words is not None else _open_part(
-                tmp, name, int(sum(len(r) for r in encoder_rows)), encoder.config.hidden_size)
-            parts[name] = _encode_rows(encoder, encoder_rows, None if encoder_rows is not rows else token_types,
-                                       batch_size, buckets, matmul_dtype, out=out)
-        if teacher_words is not None:
-            parts["teacher"] = _words_to_student_tokens(parts["teacher"], teacher_rows, teacher_words, student_words)
-        if parts["teacher"].shape[0] != offsets[-1]:
-            raise AladError(f"hidden cache: the teacher rows have {parts['teacher'].shape[0]} tokens, the student rows "
-                            f"{offsets[-1]}; pass teacher_words and student_words when the tokenizations differ")
+        parts = _encode_parts(tmp, rows, student, teacher, token_types, batch_size, buckets, teacher_rows,
+                              teacher_words, student_words, matmul_dtype)
         _publish(path, parts, offsets, len(rows), tmp=tmp)
         del parts  # the arrays written to tmp: read them back memory-mapped, from where they now are
         return cls._load(path)
 
     @classmethod
+    def _build_part(cls, path: Path, offsets: np.ndarray, rows, student, teacher, *, index: int, count: int,
+                    **options) -> "HiddenCache":
+        """Process ``index`` of ``count``: encode rows ``share(index)``, publish them as ``<key>.part<index>``;
+        then process 0 moves every part into ``<key>/`` and marks it done; every process loads it."""
+        lo, hi = (int(x) for x in shares(len(rows), count)[index:index + 2])
+        part_path = path.with_name(f"{path.name}.part{index}")
+        if not (part_path / "done.json").is_file():
+            tmp = _tmp_dir(part_path)
+            pick = lambda xs: None if xs is None else xs[lo:hi]  # noqa: E731
+            parts = _encode_parts(tmp, rows[lo:hi], student, teacher, pick(options["token_types"]),
+                                  options["batch_size"], options["buckets"], pick(options["teacher_rows"]),
+                                  pick(options["teacher_words"]), pick(options["student_words"]),
+                                  options["matmul_dtype"])
+            _publish(part_path, parts, offsets[lo:hi + 1] - offsets[lo], hi - lo, tmp=tmp)
+            del parts
+        distributed.barrier(f"cache-{path.name}-parts")
+        if distributed.is_primary() and not (path / "done.json").is_file():
+            tmp = _tmp_dir(path)
+            for i in range(count):
+                os.replace(path.with_name(f"{path.name}.part{i}"), tmp / f"part{i}")
+            np.save(tmp / "offsets.npy", offsets)
+            (tmp / "done.json").write_text(json.dumps({"rows": len(rows), "tokens": int(offsets[-1]), "parts": count}))
+            os.replace(tmp, path)
+        distributed.barrier(f"cache-{path.name}-done")
+        return cls._load(path)
+
+    @classmethod
     def _load(cls, path: Path) -> "HiddenCache":
-        student = np.load(path / "student.npy", mmap_mode="r").view(BF16)
-        teacher = np.load(path / "teacher.npy", mmap_mode="r").view(BF16)
-        return cls(student, teacher, np.load(path / "offsets.npy"))
+        done = json.loads((path / "done.json").read_text())
+        if "parts" not in done:
+            student = np.load(path / "student.npy", mmap_mode="r").view(BF16)
+            teacher = np.load(path / "teacher.npy", mmap_mode="r").view(BF16)
+            return cls(student, teacher, np.load(path / "offsets.npy"))
+        parts = [path / f"part{i}" for i in range(done["parts"])]
+        return cls(*(PartedRows([np.load(p / f"{name}.npy", mmap_mode="r").view(BF16) for p in parts])
+                     for name in ("student", "teacher")), np.load(path / "offsets.npy"))
 
     def gather(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add ``student_hidden`` / ``teacher_hidden`` ``[B, L, D]`` (bf16, zeros at padding) for a row batch.

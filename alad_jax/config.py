@@ -98,7 +98,7 @@ class StageConfig:
     token_budget: int = 0  # > 0: batches of about this many sub-word positions instead of batch_size sentences
     warmup_fraction: float = 0.0  # share of the steps spent warming the lr up from 0
     schedule: str = "constant"  # constant (the reference recipe) or linear (decay to 0 after warmup)
-    max_seconds: float = 0.0  # wall-clock budget (0 = none): the paper budgets stage 1 by time
+    max_minutes: float = 0.0  # wall-clock budget in minutes (0 = none): the paper gives stage 1 4 h = 240 a segment
     max_steps: int = 0  # 0 = epochs decide
     eval_every: int = 0  # a streamed stage validates every this many steps (0: 1000)
     # stages.align.from: a stage-1 adapter (safetensors, `alad align`) to start from instead of training stage 1
@@ -281,6 +281,8 @@ def _apply(obj: Any, key: str, value: Any, source: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         part = _KEYWORD_FIELDS.get(part, part)
         if part not in names:
+            if part in _RENAMED:
+                raise AladError(f"{source}: config key '{key}' was renamed: {_RENAMED[part]}")
             close = difflib.get_close_matches(part, names, n=1)
             hint = f"; did you mean '{'.'.join(parts[:i] + close)}'?" if close else f"; known keys here: {', '.join(names)}"
             raise AladError(f"{source}: unknown config key '{key}'{hint}")
@@ -299,6 +301,7 @@ def _apply(obj: Any, key: str, value: Any, source: str) -> None:
 
 
 _KEYWORD_FIELDS = {"from": "from_"}  # config keys that are Python keywords -> their field names
+_RENAMED = {"max_seconds": "set max_minutes (in minutes, the paper's unit: 14400 s = 240)"}
 
 
 def _flatten(table: dict, prefix: str = "") -> list[tuple[str, Any]]:

@@ -265,6 +265,18 @@ def sum_over_processes(value: float) -> float:
     return float(np.sum(multihost_utils.process_allgather(np.asarray(value, np.float64))))
 
 
+def agreed(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (a collective: every process calls it at the same point).
+
+    A decision taken from something each process measures for itself (its clock) must be one decision:
+    processes that stop at different steps leave the others waiting in a collective forever."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 def check_shared_workdir(workdir: Path) -> None:
     """Refuse a work directory that the processes do not all see as one file system.
 

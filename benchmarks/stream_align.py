@@ -1,6 +1,7 @@
 """Stage 1 streamed vs in memory: peak RSS and tokens/s at growing corpus sizes, a fixed number of steps.
 
-    python benchmarks/stream_align.py --sizes 20000 200000 2000000 --steps 20 [--memory 20000] [KEY=VALUE ...]
+    python benchmarks/stream_align.py --sizes 20000 200000 2000000 --steps 20 [--memory 20000] [--processes 2]
+        [--modes stream memory cached] [KEY=VALUE ...]
 
 Writes a generated text corpus per size (the packaged PetroGold + DANTEShots sentences repeated, in 8
 shards) and runs, each in a fresh process so that its peak RSS is its own, on the default config's
@@ -10,12 +11,14 @@ models (MiniLM-L6 teacher, its first 2 layers as student, K=3, 4096-token batche
   ``corpus.max_sentences = 0`` (the whole stream), ``max_steps`` steps;
 - ``memory`` (sizes given by ``--memory``): today's in-memory path of ``alad run`` without the cache
   (read the whole corpus, tokenize all of it, bucketed batches, teacher online), same steps;
-- ``cached``: today's default path (the same rows, feature cache built then packed cached steps).
+- ``cached``: today's default path (the same rows, feature cache built then packed cached steps);
+- ``stream`` as ``--processes`` N local processes (``ALAD_COORDINATOR`` ...; each reads and tokenizes its
+  shard of the stream and holds 1/N of each global batch): the same global batches, the same steps.
 
 Prints one JSON line per run: mode, sentences, steps, train tokens/s (the fit's own count: real tokens
 over the fit's seconds, compiling and the stream's reading and tokenizing included), the steady rate
 after ``WARMUP`` steps, seconds to prepare the data before the fit (reading, tokenizing, building the
-cache), peak RSS in GB. Other jobs on a shared machine move the tokens/s: run modes back to
+cache), peak RSS in GB (with N processes: each process's). Other jobs on a shared machine move the tokens/s: run modes back to
 back and compare within one invocation.
 """
 
@@ -64,7 +67,7 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     import jax
     from flax import nnx
 
-    from alad_jax import sharding
+    from alad_jax import distributed, sharding
     from alad_jax.adapter import AlignmentAdapter
     from alad_jax.cache import HiddenCache
     from alad_jax.config import load_config
@@ -73,13 +76,15 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     from alad_train import align, cases, models, tasks
     from alad_train.loop import Objective, fit
 
+    distributed.initialize()  # several local processes when ALAD_NUM_PROCESSES is set, else a no-op
     cfg = load_config(overrides=["corpus.format=text", f'corpus.paths=["{corpus}"]', "corpus.val_sentences=150",
                                  f"stages.align.max_steps={steps}", "stages.align.epochs=1",
                                  "stages.align.eval_every=100000", "stages.align.patience=0",
                                  f"checkpoint_every={10 * steps}", *overrides])
     student_dir = workdir / "student"
-    if not (student_dir / "config.json").is_file():
-        compress.truncate(cfg.student, cfg.student_layers, student_dir)
+    with distributed.primary_writes("student") as writer:
+        if writer and not (student_dir / "config.json").is_file():
+            compress.truncate(cfg.student, cfg.student_layers, student_dir)
     teacher = hub.load_encoder(cfg.teacher)[0]
     student = hub.load_encoder(str(student_dir))[0]
     tokenizer = hub.load_tokenizer(cfg.teacher)
@@ -143,7 +148,8 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     return {"mode": mode, "sentences": sentences, "steps": steps, "tokens_per_s": round(tokens_per_s, 1),
             "steady_tokens_per_s": round(steady, 1),
             "fit_seconds": round(fit_s, 1), "prepare_seconds": round(prepare_s, 1), "total_seconds": round(total_s, 1),
-            "peak_rss_gb": round(_peak_rss_gb(), 3), "devices": len(jax.devices())}
+            "peak_rss_gb": round(_peak_rss_gb(), 3), "devices": len(jax.devices()), "processes": jax.process_count(),
+            "process": jax.process_index()}
 
 
 def main() -> int:
@@ -151,6 +157,9 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 200000])
     parser.add_argument("--memory", type=int, nargs="*", default=[20000], help="sizes also run in memory")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--processes", type=int, nargs="*", default=[1],
+                        help="process counts of the streamed runs (2: also as two local processes)")
+    parser.add_argument("--modes", nargs="*", default=["memory", "cached"], help="in-memory modes run at --memory")
     parser.add_argument("--dir", help="where the corpora and work directories go (default: a temporary one)")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)  # a child process
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -159,19 +168,41 @@ def main() -> int:
     if args.one:
         mode, size = args.one[0], int(args.one[1])
         corpus = write_corpus(root / f"corpus-{size}", size)
-        print(json.dumps(run_one(mode, str(corpus), size, args.steps, root / f"work-{mode}-{size}", args.overrides)),
-              flush=True)
+        workdir = root / f"work-{mode}-{size}-p{os.environ.get('ALAD_NUM_PROCESSES', '1')}"  # one per layout
+        print(json.dumps(run_one(mode, str(corpus), size, args.steps, workdir, args.overrides)), flush=True)
         return 0
-    plan = [("stream", s) for s in args.sizes] + [(m, s) for s in args.memory for m in ("memory", "cached")]
-    for mode, size in plan:
+    plan = [("stream", s, n) for s in args.sizes for n in args.processes] \
+        + [(m, s, 1) for s in args.memory for m in args.modes]
+    for mode, size, processes in plan:
         write_corpus(root / f"corpus-{size}", size)
         env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(root / "xla")}  # compile each shape once
-        done = subprocess.run([sys.executable, __file__, "--dir", str(root), "--steps", str(args.steps),
-                               "--one", mode, str(size), *args.overrides], capture_output=True, text=True, env=env)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        print(lines[-1] if done.returncode == 0 and lines else json.dumps(
-            {"mode": mode, "sentences": size, "error": done.stderr.strip().splitlines()[-1:]}), flush=True)
+        command = [sys.executable, __file__, "--dir", str(root), "--steps", str(args.steps), "--one", mode, str(size),
+                   *args.overrides]
+        if processes == 1:
+            done = [subprocess.run(command, capture_output=True, text=True, env=env)]
+        else:
+            port = _free_port()
+            workers = [subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True,
+                                        env={**env, "ALAD_COORDINATOR": f"127.0.0.1:{port}", "ALAD_PROCESS_ID": str(i),
+                                             "ALAD_NUM_PROCESSES": str(processes)}) for i in range(processes)]
+            done = [subprocess.CompletedProcess(w.args, 0, *w.communicate()) for w in workers]
+            for w, d in zip(workers, done):
+                d.returncode = w.returncode
+        for d in done:
+            lines = [line for line in d.stdout.splitlines() if line.startswith("{")]
+            print(lines[-1] if d.returncode == 0 and lines else json.dumps(
+                {"mode": mode, "sentences": size, "processes": processes,
+                 "error": d.stderr.strip().splitlines()[-1:]}), flush=True)
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_max_steps_stops_the_stream_and_validation_runs_every_eval_every_steps(u
 
 
 def test_the_clock_stops_a_streamed_stage(inputs, xla_cache, tmp_path):
-    record, _ = align_worker.run(inputs, tmp_path, ["stages.align.max_seconds=0.001"])
+    record, _ = align_worker.run(inputs, tmp_path, ["stages.align.max_minutes=0.00001"])
     assert record["stopped"] == "time" and record["steps"] == 1
 
 

@@ -60,7 +60,7 @@ def test_bad_config_file_names_the_file(tmp_path):
 
 
 def test_dump_toml_round_trips(tmp_path):
-    cfg = load_config(None, ["windows=[1,5]", "data.train=a b.conll", "stages.align.max_seconds=12.5"])
+    cfg = load_config(None, ["windows=[1,5]", "data.train=a b.conll", "stages.align.max_minutes=12.5"])
     assert tomllib.loads(dump_toml(cfg))["windows"] == [1, 5]
     path = tmp_path / "resolved.toml"
     path.write_text(dump_toml(cfg))

@@ -6,7 +6,7 @@
   instead, with the frozen teacher run online on each batch: memory does not grow with the corpus.
 - :func:`train_streamed`: that streamed stage 1 (:mod:`alad_jax.data.stream`): each process
   reads and tokenizes only its shard; validation on the stream's first ``corpus.val_sentences``;
-  budgets ``max_steps`` / ``max_seconds``, evaluation every ``eval_every`` steps; the stream's
+  budgets ``max_steps`` / ``max_minutes``, evaluation every ``eval_every`` steps; the stream's
   position is checkpointed, so a killed run resumes mid-stream.
 - :func:`align_main`: ``alad align``, stage 1 alone into a work directory (``adapters/wK_align.safetensors``),
   aligned to the configured teacher as it is (no stage 0: the adapter is task-independent).
@@ -98,7 +98,7 @@ def train_streamed(cfg: Config, *, name: str, student: nnx.Module, teacher: nnx.
                         "set stages.align.max_steps")
     source = stream.source_of(cfg.corpus)
     stream.check_hub(source)
-    val = stream.read_sentences(source, 0, cfg.corpus.val_sentences)
+    val = stream.read_sentences(source, 0, cfg.corpus.val_sentences, jax.process_count())
     if not val:
         raise AladError("the stage-1 stream gave no validation sentence; set corpus.val_sentences above 0")
     val_rows = tagging.encode_tagging(val, tokenizer, None, max_length=cfg.max_length, stride=cfg.stride)

@@ -68,7 +68,7 @@ class FitResult:
     history: list[dict]  # one record per evaluation: {"epoch", "dev", "step", "train_loss", ...}
     epochs_run: int
     best_epoch: int
-    stopped: str  # "plateau" (patience ran out), "cap" (max epochs or steps) or "time" (max_seconds)
+    stopped: str  # "plateau" (patience ran out), "cap" (max epochs or steps) or "time" (max_minutes)
     steps: int
     seconds: float
     trainable_params: int
@@ -128,7 +128,7 @@ def fit(
     metrics)`` runs after every epoch; the best score's parameters are
     returned. Training stops when ``stage.patience`` evaluations in a row
     fail to beat the best score by more than ``stage.min_delta`` (plateau) or
-    at the cap (``stage.epochs`` / ``max_steps`` / ``max_seconds``). Resumes
+    at the cap (``stage.epochs`` / ``max_steps`` / ``max_minutes``). Resumes
     from ``checkpoint_dir``. ``on_step(step)`` is called after each optimizer
     step with the steps done so far (a resumed run starts counting at its
     checkpoint's step), before any checkpoint of that step. The train steps' matmuls run in
@@ -137,7 +137,7 @@ def fit(
     A streamed stage passes ``stream`` (an iterator of batches with ``get_state``/``set_state``,
     :class:`alad_jax.data.stream.AlignmentStream`) instead of ``batches_for_epoch``: it
     evaluates every ``stage.eval_every`` steps (an "epoch" of the history), saves the stream's
-    position with each checkpoint, and stops at ``max_steps``, ``max_seconds``, the plateau or the
+    position with each checkpoint, and stops at ``max_steps``, ``max_minutes``, the plateau or the
     stream's end ("cap").
     """
     graphdef, trainable, frozen = nnx.split(objective.model, objective.trainable, ...)
@@ -190,7 +190,8 @@ def fit(
 
     bar = tqdm(total=None if total_steps == STREAM_STEPS else total_steps, initial=step, desc=name, unit="step",
                mininterval=2.0, dynamic_ncols=True, disable=not distributed.is_primary())
-    out_of_time = stage.max_seconds and meta["seconds"] >= stage.max_seconds
+    budget = stage.max_minutes * 60
+    out_of_time = budget and meta["seconds"] >= budget
     window_start, window_tokens = time.perf_counter(), meta["tokens"]
     while not meta["done"] and not out_of_time and step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -214,7 +215,8 @@ def fit(
                 scalars.update(distributed.device_memory_stats() or {})
                 log_scalars(name, step, scalars)
                 window_start, window_tokens = now, meta["tokens"]
-            out_of_time = bool(stage.max_seconds) and time.perf_counter() - started >= stage.max_seconds
+            # Process 0's clock decides for all: processes that stopped at different steps would hang a collective.
+            out_of_time = bool(budget) and distributed.agreed(time.perf_counter() - started >= budget)
             if out_of_time or step >= total_steps or step % steps_per_epoch == 0:
                 ended = False
                 break

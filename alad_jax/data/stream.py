@@ -20,6 +20,7 @@ Hugging Face row's text column (Wikipedia rows are articles: their paragraphs).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -126,11 +127,21 @@ def _hf_rows(source: StreamSource):
 
 
 class _SentenceIterator(grain.DatasetIterator):
-    """This process's sentences of the stream; state: pass, file, byte offset, sentence index (plain ints)."""
+    """This process's sentences of the stream; state: pass, file, byte offset, sentence index (plain ints).
+
+    Local files: every process reads every shard's bytes and keeps sentence ``j`` when ``j % N`` is its
+    index. A Hub dataset with several processes is split by node instead (``split_dataset_by_node``: its
+    files when they divide over the processes, else every N-th row): each host reads only its part of the
+    stream, ``start`` (the validation head) is skipped on process 0's part alone, and ``stop - start`` counts
+    this process's training sentences (:func:`training_share`).
+    """
 
     def __init__(self, source: StreamSource, *, start: int, stop: int | None, process_index: int,
                  process_count: int, passes: int | None):
         super().__init__()
+        self._by_node = splits_by_node(source, process_count)
+        if self._by_node and process_index:  # its sentences are counted in its own part, which has no head
+            start, stop = 0, None if stop is None else stop - start
         self._source, self._start, self._stop = source, start, stop
         self._process_index, self._process_count, self._passes = process_index, process_count, passes
         self._state = {"pass": 0, "file": 0, "offset": 0, "index": 0}
@@ -138,12 +149,16 @@ class _SentenceIterator(grain.DatasetIterator):
 
     def _mine(self, index: int) -> bool:
         j = index - self._start
-        return j >= 0 and j % self._process_count == self._process_index
+        return j >= 0 and (self._by_node or j % self._process_count == self._process_index)
 
     def _open(self):
         s = self._state
         if self._source.fmt == "hf":
             rows = _hf_rows(self._source)
+            if self._by_node:
+                from datasets.distributed import split_dataset_by_node
+
+                rows = split_dataset_by_node(rows, rank=self._process_index, world_size=self._process_count)
             return _hf_sentences(rows, self._source.text_column, s["offset"])
         return _file_sentences(self._source.files[s["file"]], self._source.fmt, s["offset"])
 
@@ -172,7 +187,7 @@ class _SentenceIterator(grain.DatasetIterator):
                 return words
 
     def _next_pass(self) -> None:
-        if self._state["index"] <= self._start + self._process_index:  # the pass gave this process nothing
+        if self._state["index"] <= self._start + (0 if self._by_node else self._process_index):  # nothing for it
             raise AladError(f"the stage-1 stream has {self._state['index']} sentences: none left for training "
                             f"process {self._process_index} of {self._process_count} after the first {self._start} "
                             "(the validation sample); lower corpus.val_sentences or add text")
@@ -215,9 +230,27 @@ class _Sentences(grain.IterDataset):
         return _SentenceIterator(self._source, **self._options)
 
 
-def read_sentences(source: StreamSource, start: int, count: int) -> list[TaggedSentence]:
-    """Sentences ``start .. start + count - 1`` of the stream (every process the same ones)."""
-    it = _SentenceIterator(source, start=start, stop=start + count, process_index=0, process_count=1, passes=1)
+def splits_by_node(source: StreamSource, process_count: int) -> bool:
+    """Whether each process reads only its own part of the source (a Hub dataset with several processes)."""
+    return source.fmt == "hf" and process_count > 1
+
+
+def training_share(source: StreamSource, limit: int, process_index: int, process_count: int) -> int:
+    """Training sentences the stream's ``stop`` counts for this process: ``limit`` of the whole stream (0: all)."""
+    if not limit or not splits_by_node(source, process_count):
+        return limit
+    return limit // process_count + (process_index < limit % process_count)
+
+
+def read_sentences(source: StreamSource, start: int, count: int, process_count: int = 1) -> list[TaggedSentence]:
+    """Sentences ``start .. start + count - 1`` of the stream (every process the same ones).
+
+    A Hub dataset read by ``process_count`` > 1 processes: of process 0's part of it (the part whose head
+    its training stream skips), so that every host reads only the head of one part."""
+    # Local shards: every process reads the whole head; a split Hub stream: the head of process 0's part.
+    count_split = process_count if splits_by_node(source, process_count) else 1
+    it = _SentenceIterator(source, start=start, stop=start + count, process_index=0, process_count=count_split,
+                           passes=1)
     return [TaggedSentence(words, None, f"stream:{start + i}") for i, words in enumerate(it)]
 
 
@@ -278,6 +311,7 @@ class AlignmentStream:
     def __init__(self, source: StreamSource, tokenizer, *, max_length: int, stride: int, gap: int, rows: int,
                  skip: int, limit: int = 0, passes: int | None = 1, seed: int = 0, process_index: int = 0,
                  process_count: int = 1, prefetch: int = 2):
+        limit = training_share(source, limit, process_index, process_count)
         sentences = _Sentences(source, start=skip, stop=skip + limit if limit else None, passes=passes,
                                process_index=process_index, process_count=process_count)
         chunks = sentences.batch(CHUNK_SENTENCES, batch_fn=list)
@@ -289,20 +323,59 @@ class AlignmentStream:
         if prefetch:  # tokenizing and packing the next batches while the step runs
             batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
         self.rows = rows
+        self._process_index, self._process_count = process_index, process_count
         self._iterator = iter(batches)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
+        batch = next(self._iterator, None)
+        # Each process packs its own sentences, so one may run out a batch before another: the stream ends for
+        # all at the first process's end (a step the others took alone would wait forever in its collectives).
+        if self._process_count > 1 and not _every_process(batch is not None):
+            raise StopIteration
+        if batch is None:
+            raise StopIteration
         short = self.rows - batch["input_ids"].shape[0]
         if short:  # the stream's last batch: empty rows keep the one compiled shape
             batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         return batch
 
     def get_state(self) -> dict:
-        return self._iterator.get_state()
+        """Every process's position in the stream (a collective: every process calls it at the same step).
+
+        The checkpoint's metadata is written by process 0 alone, so it must hold the other processes'
+        positions too; each takes back its own in :meth:`set_state`."""
+        return {"process_count": self._process_count, "positions": _gather_json(self._iterator.get_state())}
 
     def set_state(self, state: dict) -> None:
-        self._iterator.set_state(state)
+        count = state.get("process_count", 1)
+        if count != self._process_count:
+            raise AladError(f"the stage-1 checkpoint was written by {count} process(es), this run has "
+                            f"{self._process_count}: resume with {count}, or delete the stage's checkpoints "
+                            "directory to start it over")
+        self._iterator.set_state(state["positions"][self._process_index] if "positions" in state else state)
+
+
+def _every_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (a collective)."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def _gather_json(value) -> list:
+    """``value`` (plain JSON) of every process, in process order (a collective; one process: ``[value]``)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(every[i, :size]).decode()) for i, size in enumerate(sizes)]

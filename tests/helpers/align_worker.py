@@ -1,9 +1,12 @@
 """Streamed stage 1 (alad_train.align.train_streamed) on tiny random encoders and a sharded text corpus.
 
-    python tests/helpers/align_worker.py ROOT WORKDIR [--kill-at STEP] [KEY=VALUE ...]
+    python tests/helpers/align_worker.py ROOT WORKDIR [--kill-at STEP] [--out FILE.npz] [--late S] [KEY=VALUE ...]
 
 ``ROOT`` holds the inputs (:func:`make_inputs`); ``--kill-at`` SIGKILLs the process right after that
-step, before any checkpoint of it. Used by tests/test_align_stream.py.
+step, before any checkpoint of it; ``--out`` writes the best adapter's parameters (process 0) and each
+process's stage record (``FILE.p<i>.json``); ``--late`` makes every process but 0 start training that many
+seconds after it (its clock starts later). With ``ALAD_COORDINATOR`` / ``ALAD_NUM_PROCESSES`` / ``ALAD_PROCESS_ID`` set it is one of
+several processes (:func:`start`). Used by tests/test_align_stream.py.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 HELPERS = Path(__file__).resolve().parent
@@ -45,7 +49,7 @@ def run(root: Path, workdir: Path, extra: list[str] = (), kill_at: int | None = 
     import numpy as np
     from flax import nnx
 
-    from alad_jax import sharding
+    from alad_jax import distributed, sharding
     from alad_jax.adapter import AlignmentAdapter
     from alad_jax.config import load_config
     from alad_jax.models import hub
@@ -66,14 +70,56 @@ def run(root: Path, workdir: Path, extra: list[str] = (), kill_at: int | None = 
                                   tokenizer=hub.load_tokenizer(cfg.student), workdir=workdir,
                                   seed=align.stage_seed(cfg, name), mesh=sharding.make_mesh(sharding.MeshConfig()),
                                   on_step=on_step)
+    best = distributed.host_copy(record.pop("best"))  # a collective: every process's copy of the whole adapter
     params = {jax.tree_util.keystr(p): np.asarray(v)
-              for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(record.pop("best"), nnx.Param))[0]}
+              for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(best, nnx.Param))[0]}
     return record, params
 
 
+def start(root: Path, workdir: Path, extra: list[str], processes: int, env: dict[str, str], logs: Path,
+          kill_at: int | None = None, late: float = 0.0) -> list:
+    """This worker as ``processes`` local processes (one CPU device each); process 0 writes ``workdir/out.npz``."""
+    import subprocess
+
+    port = multihost_run.free_port()
+    workers = []
+    for process_id in range(processes):
+        worker_env = {**env, "ALAD_COORDINATOR": f"127.0.0.1:{port}", "ALAD_NUM_PROCESSES": str(processes),
+                      "ALAD_PROCESS_ID": str(process_id)}
+        kill = (["--kill-at", str(kill_at)] if kill_at else []) + (["--late", str(late)] if late else [])
+        with open(logs / f"{workdir.name}.align{process_id}.log", "a") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, __file__, str(root), str(workdir), *kill, "--out", str(workdir / "out.npz"), *extra],
+                env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return workers
+
+
+def main(argv: list[str]) -> None:
+    import json
+
+    import numpy as np
+
+    from alad_jax import distributed
+
+    root, workdir, *rest = argv
+    options = {}
+    while rest[:1] in (["--kill-at"], ["--out"], ["--late"]):
+        options[rest[0]], rest = rest[1], rest[2:]
+    distributed.initialize()
+    import jax
+
+    if jax.process_index() and "--late" in options:
+        time.sleep(float(options["--late"]))
+    kill_at = int(options["--kill-at"]) if "--kill-at" in options else None
+    record, params = run(Path(root), Path(workdir), rest, kill_at)
+    if "--out" in options:
+        out = Path(options["--out"])
+        if distributed.is_primary():
+            np.savez(out, **params)
+        out.with_name(f"{out.stem}.p{jax.process_index()}.json").write_text(json.dumps(
+            {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool, list))}))
+    distributed.finished()
+
+
 if __name__ == "__main__":
-    root, workdir, *rest = sys.argv[1:]
-    kill_at = None
-    if rest[:1] == ["--kill-at"]:
-        kill_at, rest = int(rest[1]), rest[2:]
-    run(Path(root), Path(workdir), rest, kill_at)
+    main(sys.argv[1:])
