@@ -332,7 +332,8 @@ class _ScalarLog:
 
     def evaluation(self, step: int, record: dict) -> None:
         if self.log_scalars:
-            self.log_scalars(self.name, step, {f"eval/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
+            scalars = {f"eval/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+            self.log_scalars(self.name, step, scalars)
 
 
 def _result(state, best, loop: LoopState, started: float, resumed_seconds: float) -> FitResult:
