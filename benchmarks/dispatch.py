@@ -24,7 +24,6 @@ import numpy as np
 from flax import nnx
 
 from alad_jax import sharding
-from alad_jax.adapter import AlignmentAdapter
 from alad_jax.config import load_config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
@@ -42,7 +41,7 @@ def main() -> None:
     teacher, student, *_ = bench_run.load_models(cfg, Path(tempfile.mkdtemp()))
     num_labels, mesh, rng = 17, sharding.make_mesh(), np.random.default_rng(0)
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
-    adapter = AlignmentAdapter(ds, dt, 3, cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
+    adapter = models.new_adapter(cfg, ds, dt, 3, nnx.Rngs(0))
     frozen_model = TaskModel(student, TaggingHead(dt, num_labels, rngs=nnx.Rngs(1)), adapter)
     frozen_batch = bench_steps.dense_batch(32, 48, student.config.vocab_size, num_labels)
     frozen_batch["encoder_hidden"] = rng.standard_normal((32, 48, ds)).astype(jax.numpy.bfloat16)

@@ -103,14 +103,10 @@ def main() -> None:
     steps = {name: torch_step_factory(teacher_dir, student_dir, cfg, **options[name])
              for name in args.variants.split(",")}
     if not args.no_jax:
-        from flax import nnx
-
-        from alad_jax.adapter import AlignmentAdapter
         from alad_train import cases, models
         from alad_train.loop import make_optimizer
 
-        adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                   cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
+        adapter = bench_trainer.first_window_adapter(cfg, teacher, student, 0)
         trainer = bench_trainer.Trainer(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
                                  models.align_loss, make_optimizer(cfg.stages.continual, cfg.optim, 1000))
         import jax
