@@ -41,7 +41,7 @@ float32 and bfloat16 on this CPU. ``xla_cpu`` records the CPU's bfloat16 matrix
 instructions and which XLA:CPU library ran a bfloat16 dot (:mod:`alad_jax.xla_cpu`).
 
 The package, by job: :mod:`~alad_train.bench.run` (the command and the document),
-:mod:`~alad_train.bench.effort` (shapes and repetitions), :mod:`~alad_train.bench.timing` and
+:mod:`~alad_train.bench.effort` (shapes and repetitions), :mod:`~alad_train.timing` and
 :mod:`~alad_train.bench.flops` (shared by every measurement), :mod:`~alad_train.bench.gemm` (matmul peaks),
 :mod:`~alad_train.bench.trainer` (the runs' train step, compiled ahead), :mod:`~alad_train.bench.latency`,
 :mod:`~alad_train.bench.alignment`, :mod:`~alad_train.bench.steps` (the sections), and

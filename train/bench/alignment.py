@@ -14,7 +14,7 @@ from alad_jax.cache import HiddenCache
 from alad_train import cases, models
 from alad_train.bench.effort import EPOCHS, MFU_BATCH, Effort
 from alad_train.bench.flops import adapter_flops_per_token
-from alad_train.bench.timing import seconds
+from alad_train.timing import seconds
 from alad_train.bench.trainer import Trainer, first_window_adapter
 from alad_train.loop import make_optimizer
 

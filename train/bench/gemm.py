@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 
 from alad_train.bench.effort import GEMM_DTYPES, GEMM_N, Effort
-from alad_train.bench.timing import interleaved_medians, seconds
+from alad_train.timing import interleaved_medians, seconds
 
 
 def blocking_gemm(n: int, dtype: str) -> Callable[[], None]:
     """A compiled, blocking ``[n, n] @ [n, n]`` of ``dtype`` operands with float32 accumulation and result (the
     train steps' bfloat16 form, :mod:`alad_jax.models.precision`); it returns nothing, so
-    :func:`~alad_train.bench.timing.interleaved_medians` times it (a number would be taken as its seconds)."""
+    :func:`~alad_train.timing.interleaved_medians` times it (a number would be taken as its seconds)."""
     dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
     a, b = (jax.random.normal(k, (n, n), dtype) for k in jax.random.split(jax.random.key(n)))
     dot(a, b).block_until_ready()

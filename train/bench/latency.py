@@ -13,8 +13,9 @@ from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
 from alad_train import models
+from alad_train.measure import blocking
 from alad_train.bench.effort import LATENCY_BATCHES, SEQ, WINDOWS
-from alad_train.bench.timing import percentiles, seconds
+from alad_train.timing import interleaved, percentiles
 
 
 def latency_models(cfg, teacher, student, num_labels: int) -> dict[str, CompiledTagger]:
@@ -37,10 +38,7 @@ def latencies(forwards: dict, reps: dict, vocab: int) -> dict:
         mask = np.ones_like(ids)
         for forward in forwards.values():
             jax.block_until_ready(forward(ids, mask))  # compile
-        times = {name: [] for name in forwards}
-        for _ in range(reps[rows]):
-            for name, forward in forwards.items():
-                times[name].append(seconds(lambda f=forward: jax.block_until_ready(f(ids, mask))))
+        times = interleaved({name: blocking(forward, ids, mask) for name, forward in forwards.items()}, reps[rows])
         for name in forwards:
             out[name][f"b{rows}"] = percentiles(times[name])
     return out

@@ -22,7 +22,7 @@ from alad_jax.data.tagging import IGNORE_INDEX
 from alad_jax.errors import AladError
 from alad_train import cases
 from alad_train.bench.effort import GEMM_DTYPES, GEMM_N, LATENCY_BATCHES, SEQ, TORCH_AUTOCAST, Effort
-from alad_train.bench.timing import one_per_shape, percentiles, seconds
+from alad_train.timing import one_per_shape, percentiles, seconds
 
 
 def require_torch() -> None:
@@ -217,11 +217,11 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
 
 
 # --------------------------------------------------------------------------- a process of its own
-# PyTorch steps timed inside the JAX process ran up to 2-3x slower and far more erratically than
-# the same steps in a process without XLA (benchmarks/torch_baseline.py --no-jax): the two runtimes'
-# thread pools share the cores. So the side-by-side steps run PyTorch in a worker process, driven
-# step by step over a pipe (JSON lines; the batches as .npy files), each side's step timed in its
-# own process.
+# PyTorch steps timed inside the JAX process run slower and far more erratically than the same
+# steps in a process without XLA (benchmarks/torch_baseline.py --no-jax; docs/speed_history.md): the
+# two runtimes' thread pools share the cores. So the side-by-side steps run PyTorch in a worker
+# process, driven step by step over a pipe (JSON lines; the batches as .npy files), each side's step
+# timed in its own process.
 
 
 def _recipe_spec(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int) -> dict:

@@ -22,7 +22,7 @@ from alad_train.bench import alignment, latency, pytorch, steps
 from alad_train.bench.effort import EPOCHS, FULL, MFU_BATCH, QUICK, SEQ, TARGETS, WINDOWS, Effort
 from alad_train.bench.flops import adapter_flops_per_token, encoder_flops_per_token
 from alad_train.bench.gemm import peak_gflops
-from alad_train.bench.timing import rounded
+from alad_train.timing import rounded
 
 
 def load_models(cfg: Config, workdir: Path):

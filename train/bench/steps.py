@@ -38,7 +38,7 @@ from alad_train import cases, models
 from alad_train.bench.effort import ALIGN_BATCH, FINETUNE_BATCH, TORCH_AUTOCAST
 from alad_train.bench.flops import adapter_flops_per_token, encoder_flops_per_token, finetune_flops_per_token
 from alad_train.bench.gemm import gemm_vs_torch
-from alad_train.bench.timing import interleaved_medians, summary
+from alad_train.timing import interleaved_medians, summary
 from alad_train.bench.trainer import Trainer, first_window_adapter, own_copy
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of
@@ -215,12 +215,12 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
                               for name, r in per_rep.items()},
             "torch": worker.version,
             # PyTorch's fork-join OpenMP threads stall when other processes take a core, XLA's task pool less:
-            # on a loaded machine the ratios move in our favour (2.3x where a quiet machine measured 0.66x).
+            # on a loaded machine the ratios move in our favour (docs/speed_history.md): the load goes beside them.
             "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
             "torch_threads": worker.threads,
             "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
-                    "of its own (in the JAX process it ran up to 2-3x slower); ratio = ours / theirs tokens/s "
-                    "(above 1: we are faster)",
+                    "of its own (in the JAX process it runs slower and more erratically); ratio = ours / theirs "
+                    "tokens/s (above 1: we are faster)",
         }
         # The recipe's PyTorch is float32: that is the peer. Autocast is reported beside it, so a
         # bfloat16 win over a float32 baseline is never the only number shown.

@@ -10,7 +10,7 @@ from flax import nnx
 
 from alad_jax import sharding
 from alad_train import models
-from alad_train.bench.timing import one_per_shape
+from alad_train.timing import one_per_shape
 from alad_train.state import train_state_of
 
 

@@ -1,4 +1,5 @@
-"""Timing helpers both frameworks' benchmarks share (numpy only: the PyTorch worker process uses them too)."""
+"""Timing helpers of ``alad run``'s latency row and ``alad bench`` (numpy only: the bench's PyTorch worker process
+uses them too)."""
 
 from __future__ import annotations
 
@@ -30,17 +31,23 @@ def one_per_shape(batches: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def interleaved_medians(sides: dict[str, dict], reps: int) -> dict:
-    """{side: {case: [seconds per rep]}}: each rep runs every side's step of a case back to back, so the load
-    of other processes falls on every side alike."""
-    times = {side: {name: [] for name in steps} for side, steps in sides.items()}
+def interleaved(calls: dict, reps: int) -> dict:
+    """{key: [seconds per rep]}: each rep calls every one of ``calls`` in turn, so a slow minute on a shared
+    machine hits all alike. A call that returns a number returns its own seconds (timed in another process)."""
+    times = {key: [] for key in calls}
     for _ in range(reps):
-        for name in next(iter(sides.values())):
-            for side, steps in sides.items():
-                start = time.perf_counter()
-                took = steps[name]()  # a step timed in another process returns its own seconds
-                times[side][name].append(took if took is not None else time.perf_counter() - start)
+        for key, call in calls.items():
+            start = time.perf_counter()
+            took = call()
+            times[key].append(took if took is not None else time.perf_counter() - start)
     return times
+
+
+def interleaved_medians(sides: dict[str, dict], reps: int) -> dict:
+    """{side: {case: [seconds per rep]}}: each rep runs every side's step of a case back to back."""
+    names = list(next(iter(sides.values())))
+    times = interleaved({(side, name): sides[side][name] for name in names for side in sides}, reps)
+    return {side: {name: times[side, name] for name in steps} for side, steps in sides.items()}
 
 
 def summary(times: list[float], tokens: int) -> dict:
