@@ -121,6 +121,13 @@ def initialize_distributed(
                                heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
+def batch_layout() -> dict[str, int]:
+    """This process's place in a global batch, as the batchers take it (``make_batches``,
+    ``make_packed_batches``): its index, the process count, and the devices a batch's rows split over."""
+    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+            "row_multiple": jax.device_count()}
+
+
 def is_primary() -> bool:
     """True on the one process that writes logs and files (process 0)."""
     return jax.process_index() == 0

@@ -24,11 +24,11 @@ import numpy as np
 from flax import nnx
 
 from alad_jax import sharding
-from alad_jax.adapter import AlignmentAdapter
 from alad_jax.config import load_config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
-from alad_train import bench, bench_steps, cases, models
+from alad_train import cases, models
+from alad_train.bench import run as bench_run, steps as bench_steps, trainer as bench_trainer
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of
 
@@ -38,10 +38,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
     cfg = load_config(None, [])
-    teacher, student, *_ = bench._load_models(cfg, Path(tempfile.mkdtemp()))
+    teacher, student, *_ = bench_run.load_models(cfg, Path(tempfile.mkdtemp()))
     num_labels, mesh, rng = 17, sharding.make_mesh(), np.random.default_rng(0)
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
-    adapter = AlignmentAdapter(ds, dt, 3, cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
+    adapter = models.new_adapter(cfg, ds, dt, 3, nnx.Rngs(0))
     frozen_model = TaskModel(student, TaggingHead(dt, num_labels, rngs=nnx.Rngs(1)), adapter)
     frozen_batch = bench_steps.dense_batch(32, 48, student.config.vocab_size, num_labels)
     frozen_batch["encoder_hidden"] = rng.standard_normal((32, 48, ds)).astype(jax.numpy.bfloat16)
@@ -54,7 +54,7 @@ def main() -> None:
     out = {}
     for name, (model, case, batch) in setups.items():
         optimizer = make_optimizer(getattr(cfg.stages, case.stage), cfg.optim, 1000)
-        states = {side: train_state_of(bench_steps._copy(model), case.trainable, models.tagging_loss, optimizer,
+        states = {side: train_state_of(bench_trainer.own_copy(model), case.trainable, models.tagging_loss, optimizer,
                                        mesh) for side in ("flat", "tree")}
         batch = jax.device_put(batch)
         key = jax.random.key(0)

@@ -38,7 +38,6 @@ def main() -> int:
     import jax
     from flax import nnx
 
-    from alad_jax.adapter import AlignmentAdapter
     from alad_jax.config import load_config
     from alad_jax.data import sources, splits, tagging
     from alad_jax.models import compress, hub
@@ -56,8 +55,7 @@ def main() -> int:
     batches = tasks.alignment_batches(rows, cfg, cfg.stages.align, epoch=0)
 
     window = cfg.windows[0]
-    adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, window, cfg.adapter_hidden,
-                               impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
+    adapter = models.new_adapter(cfg, student.config.hidden_size, teacher.config.hidden_size, window, nnx.Rngs(0))
     model = models.AlignModel(student, teacher, adapter)
     optimizer = make_optimizer(cfg.stages.align, cfg.optim, len(batches))
     mesh = sharding.make_mesh(sharding.MeshConfig(cfg.mesh.data, cfg.mesh.fsdp))

@@ -21,7 +21,8 @@ import jax
 
 from alad_jax import sharding
 from alad_jax.config import load_config
-from alad_train import bench, bench_steps, cases, models
+from alad_train import cases, models
+from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of
 
@@ -33,10 +34,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     args = parser.parse_args()
     cfg = load_config(None, [])
-    teacher, student, *_ = bench._load_models(cfg, Path(tempfile.mkdtemp()))
+    teacher, student, *_ = bench_run.load_models(cfg, Path(tempfile.mkdtemp()))
     num_labels = 17
     mesh = sharding.make_mesh()
-    batch = jax.device_put(bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size, num_labels))
+    batch = jax.device_put(bench_steps.dense_batch(*bench_effort.FINETUNE_BATCH, teacher.config.vocab_size, num_labels))
     tokens = batch["input_ids"].size
     steps = {}
     for case in bench_steps.FINETUNE_CASES:

@@ -144,7 +144,7 @@ def op_profile(state, batch, steps: int = 3, top: int = 15) -> dict:
 def torch_profile(cfg, teacher_dir, student_dir, batch, num_labels: int, top: int = 15) -> str:
     import torch
 
-    from alad_train import bench_torch
+    from alad_train.bench import pytorch as bench_torch
 
     step = bench_torch.finetune_steps(cfg, teacher_dir, student_dir, num_labels)(batch)["teacher"]
     step()
@@ -204,11 +204,12 @@ def prng_impls(cfg, teacher, student, num_labels: int, reps: int) -> dict:
     Not a free win: another generator draws other dropout masks, so training numbers change
     (statistically alike, not bit-identical). Measured to be reported, not landed silently."""
     from alad_jax import sharding
-    from alad_train import bench_steps, cases, models
+    from alad_train import cases, models
+    from alad_train.bench import effort as bench_effort, steps as bench_steps
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of
 
-    batch = jax.device_put(bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size,
+    batch = jax.device_put(bench_steps.dense_batch(*bench_effort.FINETUNE_BATCH, teacher.config.vocab_size,
                                                    num_labels))
     runs = {}
     for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
@@ -239,19 +240,20 @@ def main() -> None:
     args = parser.parse_args()
 
     from alad_jax.config import load_config
-    from alad_train import bench, bench_steps, cases, models
+    from alad_train import cases, models
+    from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of
     from alad_jax import sharding
 
     cfg = load_config(None, [])
     work = Path(tempfile.mkdtemp(prefix="alad-profile-models-"))
-    teacher, student, _, teacher_dir, student_dir, _ = bench._load_models(cfg, work)
+    teacher, student, _, teacher_dir, student_dir, _ = bench_run.load_models(cfg, work)
     num_labels = 17
     mesh = sharding.make_mesh()
     todo = args.only.split(",")
     if "teacher" in todo:
-        batch = bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
+        batch = bench_steps.dense_batch(*bench_effort.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
         model = bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels)
         state = train_state_of(model, cases.TEACHER_FT.trainable, models.tagging_loss,
                                make_optimizer(cfg.stages.teacher, cfg.optim, 1000), mesh, matmul_dtype=cfg.matmul_dtype)
@@ -266,7 +268,7 @@ def main() -> None:
         print("teacher fine-tune step by dropout PRNG:", prng_impls(cfg, teacher, student, num_labels, args.reps),
               flush=True)
     if "align_uncached" in todo:
-        batch = bench_steps.dense_batch(*bench_steps.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
+        batch = bench_steps.dense_batch(*bench_effort.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
         del batch["labels"]
         state = bench_steps.align_uncached_state(cfg, teacher, student, mesh)
         state.loss_fn = models.align_loss

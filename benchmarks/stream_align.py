@@ -68,7 +68,6 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     from flax import nnx
 
     from alad_jax import distributed, sharding
-    from alad_jax.adapter import AlignmentAdapter
     from alad_jax.cache import HiddenCache
     from alad_jax.config import load_config
     from alad_jax.data import batching, sources, stream, tagging
@@ -89,8 +88,8 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     student = hub.load_encoder(str(student_dir))[0]
     tokenizer = hub.load_tokenizer(cfg.teacher)
     name = "align_w3"
-    adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, 3, cfg.adapter_hidden,
-                               impl=cfg.adapter_impl, rngs=nnx.Rngs(align.stage_seed(cfg, name)))
+    adapter = models.new_adapter(cfg, student.config.hidden_size, teacher.config.hidden_size, 3,
+                                 nnx.Rngs(align.stage_seed(cfg, name)))
     mesh = sharding.make_mesh(sharding.MeshConfig())
     seed = align.stage_seed(cfg, name)
     step_times = {}

@@ -34,7 +34,7 @@ def torch_step_factory(teacher_dir, student_dir, cfg, *, pooler: bool, fused: bo
     import torch
     import transformers
 
-    from alad_train.bench_torch import _adapter
+    from alad_train.bench.pytorch import reference_adapter, reference_align_loss
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -43,7 +43,8 @@ def torch_step_factory(teacher_dir, student_dir, cfg, *, pooler: bool, fused: bo
         kw["add_pooling_layer"] = False
     teacher = transformers.BertModel.from_pretrained(str(teacher_dir), **kw).eval()
     student = transformers.BertModel.from_pretrained(str(student_dir), **kw).eval()
-    adapter = _adapter(cfg.windows[0], student.config.hidden_size, cfg.adapter_hidden, teacher.config.hidden_size)
+    adapter = reference_adapter(cfg.windows[0], student.config.hidden_size, cfg.adapter_hidden,
+                                teacher.config.hidden_size)
     stage, optim = cfg.stages.continual, cfg.optim
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=stage.lr, betas=(optim.b1, optim.b2), eps=optim.eps,
                                   weight_decay=stage.weight_decay, **({"fused": True} if fused else {}))
@@ -60,8 +61,7 @@ def torch_step_factory(teacher_dir, student_dir, cfg, *, pooler: bool, fused: bo
             t = teacher(input_ids=ids, attention_mask=mask).last_hidden_state
         if inference:
             s, t = s.clone(), t.clone()  # inference tensors cannot enter autograd
-        m = mask.unsqueeze(-1).float()
-        loss = (((adapter(s) - t) ** 2) * m).sum() / m.sum()
+        loss = reference_align_loss(adapter(s), t, mask.unsqueeze(-1).float())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter.parameters(), optim.clip_norm)
@@ -82,11 +82,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from alad_jax.config import load_config
-    from alad_train import bench, tasks
+    from alad_train import tasks
+    from alad_train.bench import run as bench_run, trainer as bench_trainer
 
     cfg = load_config(None, [])
     work = Path(tempfile.mkdtemp(prefix="torch-baseline-"))
-    teacher, student, tokenizer, teacher_dir, student_dir, _ = bench._load_models(cfg, work)
+    teacher, student, tokenizer, teacher_dir, student_dir, _ = bench_run.load_models(cfg, work)
     task = tasks.TaggingTask.load(cfg, tokenizer)
     stage2 = tasks.alignment_batches(task.text_rows("train"), cfg, cfg.stages.continual, epoch=0)[: args.batches]
     rng = np.random.default_rng(0)
@@ -102,15 +103,11 @@ def main() -> None:
     steps = {name: torch_step_factory(teacher_dir, student_dir, cfg, **options[name])
              for name in args.variants.split(",")}
     if not args.no_jax:
-        from flax import nnx
-
-        from alad_jax.adapter import AlignmentAdapter
         from alad_train import cases, models
         from alad_train.loop import make_optimizer
 
-        adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                   cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(0))
-        trainer = bench._Trainer(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
+        adapter = bench_trainer.first_window_adapter(cfg, teacher, student, 0)
+        trainer = bench_trainer.Trainer(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
                                  models.align_loss, make_optimizer(cfg.stages.continual, cfg.optim, 1000))
         import jax
 

@@ -68,13 +68,14 @@ def main() -> None:
 
     from alad_jax import sharding, xla_cpu
     from alad_jax.config import load_config
-    from alad_train import bench, bench_steps, cases, models
+    from alad_train import cases, models
+    from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of
 
     cfg = load_config(None, [])
-    teacher, student, *_ = bench._load_models(cfg, Path(tempfile.mkdtemp()))
-    num_labels, (rows, length) = 17, bench_steps.FINETUNE_BATCH
+    teacher, student, *_ = bench_run.load_models(cfg, Path(tempfile.mkdtemp()))
+    num_labels, (rows, length) = 17, bench_effort.FINETUNE_BATCH
     batches = {"bench_dense": bench_steps.dense_batch(rows, length, teacher.config.vocab_size, num_labels),
                "run_packed": packed_batch(rows, length, teacher.config.vocab_size, num_labels)}
     state = train_state_of(bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels),

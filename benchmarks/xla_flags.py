@@ -37,23 +37,24 @@ def child(steps: int) -> dict:
 
     from alad_jax import sharding
     from alad_jax.config import load_config
-    from alad_train import bench, bench_steps, cases, models
+    from alad_train import cases, models
+    from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of
 
     cfg = load_config(None, [])
-    teacher, student, *_ = bench._load_models(cfg, Path(tempfile.mkdtemp()))
+    teacher, student, *_ = bench_run.load_models(cfg, Path(tempfile.mkdtemp()))
     num_labels = 17
     out = {}
     mesh = sharding.make_mesh()
     for name in ("teacher", "align_uncached"):
         if name == "teacher":
-            batch = bench_steps.dense_batch(*bench_steps.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
+            batch = bench_steps.dense_batch(*bench_effort.FINETUNE_BATCH, teacher.config.vocab_size, num_labels)
             state = train_state_of(bench_steps.jax_case_model(cases.TEACHER_FT, cfg, teacher, student, num_labels),
                                    cases.TEACHER_FT.trainable, models.tagging_loss,
                                    make_optimizer(cfg.stages.teacher, cfg.optim, 1000), mesh)
         else:
-            batch = bench_steps.dense_batch(*bench_steps.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
+            batch = bench_steps.dense_batch(*bench_effort.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
             del batch["labels"]
             state = bench_steps.align_uncached_state(cfg, teacher, student, mesh)
         batch = jax.device_put(batch)

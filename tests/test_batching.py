@@ -7,17 +7,22 @@ import numpy as np
 import pytest
 import transformers
 
-from alad_jax.data.batching import (
-    DEFAULT_BUCKETS,
-    batch_shapes,
-    bucket_length,
-    make_batches,
-    rows_from_batches,
-)
+from alad_jax.data import batching
+from alad_jax.data.batching import batch_shapes, bucket_length, rows_from_batches
 from alad_jax.data.packaged import load_packaged
 from alad_jax.data.splits import split_by_hash
 from alad_jax.data.tagging import IGNORE_INDEX, LabelVocab, TaggingFeatures, encode_tagging, stitch_predictions
 from alad_jax.errors import AladError
+
+
+# The power-of-two ladder the expected shapes below are written for (the library's default is the finer
+# length_buckets ladder).
+BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def make_batches(features, **kwargs):
+    """``batching.make_batches`` on :data:`BUCKETS` unless a test gives its own."""
+    return batching.make_batches(features, **{"buckets": BUCKETS, **kwargs})
 
 
 def synthetic_features(num_rows: int = 300, seed: int = 0) -> TaggingFeatures:
@@ -34,9 +39,9 @@ FEATURES = synthetic_features()
 
 
 def test_bucket_length_picks_the_smallest_bucket_that_fits():
-    assert [bucket_length(n, DEFAULT_BUCKETS) for n in (1, 16, 17, 64, 65, 512)] == [16, 16, 32, 64, 128, 512]
+    assert [bucket_length(n, BUCKETS) for n in (1, 16, 17, 64, 65, 512)] == [16, 16, 32, 64, 128, 512]
     with pytest.raises(AladError, match="513 tokens is longer than the largest bucket \\(512\\)"):
-        bucket_length(513, DEFAULT_BUCKETS)
+        bucket_length(513, BUCKETS)
 
 
 def test_every_row_lands_once_unchanged_and_padding_is_inert():
@@ -61,9 +66,9 @@ def test_every_row_lands_once_unchanged_and_padding_is_inert():
 def test_fixed_size_batches_have_one_shape_per_bucket_and_share_its_rows_evenly():
     batches = make_batches(FEATURES, batch_size=16)
     lengths = [len(x) for x in FEATURES.input_ids]
-    used = sorted({bucket_length(n, DEFAULT_BUCKETS) for n in lengths})
+    used = sorted({bucket_length(n, BUCKETS) for n in lengths})
     assert used == [16, 32, 64, 128, 256]
-    per_bucket = {length: sum(bucket_length(n, DEFAULT_BUCKETS) == length for n in lengths) for length in used}
+    per_bucket = {length: sum(bucket_length(n, BUCKETS) == length for n in lengths) for length in used}
     # as many batches as full batches of 16 need, the rows shared evenly: ceil(n / count) rows each
     counts = {length: -(-n // 16) for length, n in per_bucket.items()}
     assert len(batches) == sum(counts.values())
@@ -89,7 +94,7 @@ def test_token_budget_sets_rows_per_bucket():
     lengths = [len(x) for x in FEATURES.input_ids]
     for length, most in {16: 64, 32: 32, 64: 16, 128: 8, 256: 4}.items():
         real = [int((b["feature_index"] >= 0).sum()) for b in batches if b["input_ids"].shape[1] == length]
-        n = sum(bucket_length(m, DEFAULT_BUCKETS) == length for m in lengths)
+        n = sum(bucket_length(m, BUCKETS) == length for m in lengths)
         assert len(real) == -(-n // most) and max(real) <= most and sum(real) == n  # at most budget // length
     # at most budget // length real rows (62, 31, 15, 7, 3), filled with empty rows up to a multiple of the
     # 4 processes, a quarter of them on each process

@@ -11,7 +11,7 @@ from flax import nnx
 
 from alad_train import cli
 from alad_jax.models import EncoderConfig, build_encoder, hub
-from alad_train import bench, bench_steps
+from alad_train.bench import effort, flops
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -114,8 +114,8 @@ def test_finetune_section_reports_every_case(report):
 
 
 def test_finetune_flops_are_three_forwards():
-    assert bench_steps.finetune_flops_per_token(1000.0, 8, 5) == 3 * (1000 + 2 * 8 * 5)
-    assert bench_steps.finetune_flops_per_token(1000.0, 8, 5, 300.0) == 3 * (1300 + 2 * 8 * 5)
+    assert flops.finetune_flops_per_token(1000.0, 8, 5) == 3 * (1000 + 2 * 8 * 5)
+    assert flops.finetune_flops_per_token(1000.0, 8, 5, 300.0) == 3 * (1300 + 2 * 8 * 5)
 
 
 def test_cached_and_uncached_epochs_agree_in_loss(report):
@@ -127,8 +127,8 @@ def test_flop_counts_match_the_model_sizes():
     config = EncoderConfig(model_type="bert", vocab_size=10, hidden_size=384, num_layers=2, num_heads=12,
                            intermediate_size=1536)
     # MiniLM-sized layer at seq 128: 4 projections 384x384, MLP 384x1536 twice, attention 2 x 128 x 384.
-    assert bench.encoder_flops_per_token(config, 128) == 2 * (2 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 128 * 384)
-    assert bench.adapter_flops_per_token(3, 384, 1280, 384, train=False) == 2 * (3 * 384 * 1280 + 1280 * 384)
+    assert flops.encoder_flops_per_token(config, 128) == 2 * (2 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 128 * 384)
+    assert flops.adapter_flops_per_token(3, 384, 1280, 384, train=False) == 2 * (3 * 384 * 1280 + 1280 * 384)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
@@ -162,7 +162,7 @@ def test_vs_torch_puts_every_step_ratio_in_one_place(report):
         assert ratio == pytest.approx(side[name]["alad_jax"] / side[name]["torch_bf16_autocast"], rel=1e-3)
     # Both frameworks' GEMM rates on this CPU, per dtype, from the same interleaved reps (issue 28).
     gemm = report["gemm_gflops_vs_torch"]
-    assert gemm["n"] == bench_steps.GEMM_N
+    assert gemm["n"] == effort.GEMM_N
     for side_name in ("alad_jax", "torch"):
         assert set(gemm[side_name]) == {"float32", "bfloat16"} and all(v > 1 for v in gemm[side_name].values())
 

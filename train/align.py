@@ -193,8 +193,7 @@ def align(cfg: Config, workdir: Path) -> dict:
             adapter = _checked(import_reference(resolve_from(cfg.stages.align.from_, window), impl=cfg.adapter_impl),
                                window, *dims)
         else:
-            adapter = AlignmentAdapter(*dims, window, cfg.adapter_hidden, impl=cfg.adapter_impl,
-                                       rngs=nnx.Rngs(stage_seed(cfg, name)))
+            adapter = models.new_adapter(cfg, *dims, window, nnx.Rngs(stage_seed(cfg, name)))
         record = train_streamed(cfg, name=name, student=student, teacher=teacher, adapter=adapter,
                                 tokenizer=tokenizer, workdir=workdir, seed=stage_seed(cfg, name), mesh=mesh)
         best = distributed.host_copy(record.pop("best"))

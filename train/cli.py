@@ -193,9 +193,9 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    from alad_train import bench
+    from alad_train.bench import run
 
-    return bench.main(args)
+    return run.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,21 @@ from alad_jax.inference.saved_model import MODEL_JSON
 from alad_train import cases
 
 
-def resolve_saved_model(model: str | Path, case: str, window: int | None) -> Path:
-    """A saved aligned model directory, or the ``case`` model of a work directory (through the case table)."""
+SAVED_MODEL = f"a saved aligned model ({MODEL_JSON})"
+
+
+def resolve_saved_model(model: str | Path, case: str, window: int | None, *, kinds: str = SAVED_MODEL) -> Path:
+    """A saved aligned model directory, or the ``case`` model of a work directory (through the case table).
+
+    The one resolution of ``--model`` for ``alad export`` and ``alad predict``; ``kinds`` names what else
+    the caller accepts, for the error lines."""
     path = Path(model)
     if (path / MODEL_JSON).is_file():
         return path
     if not path.exists():
-        raise AladError(f"--model {path}: no such directory; pass a saved aligned model or an alad run work directory")
+        raise AladError(f"--model {path}: no such directory; pass {kinds} or an alad run work directory")
     if not (path / "models").is_dir():
-        raise AladError(f"--model {path}: not a saved aligned model ({MODEL_JSON}) or an alad run work directory "
-                        "(models/); check the path")
+        raise AladError(f"--model {path}: not {kinds} or an alad run work directory (models/); check the path")
     return cases.model_dir(path, case, window, marker=MODEL_JSON)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -13,6 +13,7 @@ from alad_jax.data import batching
 from alad_jax.models import task_model
 from alad_jax.models.task_model import TaskModel
 from alad_train import models
+from alad_train.timing import interleaved, percentiles
 
 
 def latency_batch(batch: dict, shape: tuple[int, int], *, qa: bool) -> dict:
@@ -22,6 +23,16 @@ def latency_batch(batch: dict, shape: tuple[int, int], *, qa: bool) -> dict:
     if qa:
         out["feature_index"] = np.arange(shape[0], dtype=np.int32)
     return out
+
+
+def blocking(fn, *args) -> Callable[[], None]:
+    """A call of ``fn(*args)`` that waits for its device arrays and returns nothing (what
+    :func:`alad_train.timing.interleaved` times)."""
+
+    def call() -> None:
+        jax.block_until_ready(fn(*args))
+
+    return call
 
 
 def interleaved_latency(models: dict[str, TaskModel], batches: dict[str, dict], *, runs: int, qa: bool) -> dict:
@@ -35,14 +46,9 @@ def interleaved_latency(models: dict[str, TaskModel], batches: dict[str, dict], 
     for name, model in models.items():
         split[name] = nnx.split(model)
         jax.block_until_ready(predict(*split[name], batches[name]))
-    times = {name: [] for name in models}
-    for _ in range(runs):
-        for name in models:
-            start = time.perf_counter()
-            jax.block_until_ready(predict(*split[name], batches[name]))
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {"p50_ms": {n: round(float(np.percentile(t, 50)), 3) for n, t in times.items()},
-            "p95_ms": {n: round(float(np.percentile(t, 95)), 3) for n, t in times.items()},
+    times = interleaved({name: blocking(predict, *split[name], batches[name]) for name in models}, runs)
+    ms = {name: percentiles(t) for name, t in times.items()}
+    return {"p50_ms": {n: p["p50"] for n, p in ms.items()}, "p95_ms": {n: p["p95"] for n, p in ms.items()},
             "runs": runs, "batch": list(next(iter(batches.values()))["input_ids"].shape)}
 
 

@@ -19,9 +19,16 @@ from flax import nnx
 
 from alad_jax.adapter import (AlignmentAdapter, align_mse, align_sq_sum, token_cosine_sum, word_align_mse,
                               word_align_sq_sum, word_cosine_sum)
+from alad_jax.data.tagging import IGNORE_INDEX
 from alad_jax.models.task_model import TaskModel
 
-IGNORE_INDEX = -100
+
+def new_adapter(cfg, student_dim: int, teacher_dim: int, window: int, rngs: nnx.Rngs,
+                impl: str | None = None) -> AlignmentAdapter:
+    """A freshly initialised AlAd of ``window`` as the config shapes it (``adapter_hidden``, ``adapter_impl``
+    unless ``impl`` is given): the one constructor call of the stages, the cases and ``alad bench``."""
+    return AlignmentAdapter(student_dim, teacher_dim, window, cfg.adapter_hidden,
+                            impl=impl or cfg.adapter_impl, rngs=rngs)
 
 
 class AlignModel(nnx.Module):

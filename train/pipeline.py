@@ -199,8 +199,8 @@ class Pipeline:
         adapter = None
         if case.windowed:
             if case.adapter == cases.FRESH:
-                adapter = AlignmentAdapter(student.config.hidden_size, self.teacher_width, window, cfg.adapter_hidden,
-                                           impl=cfg.adapter_impl, rngs=nnx.Rngs(_seed(cfg, name)))
+                adapter = models.new_adapter(cfg, student.config.hidden_size, self.teacher_width, window,
+                                             nnx.Rngs(_seed(cfg, name)))
             else:
                 adapter = import_reference(self.adapter_path(window, "continual"), impl=cfg.adapter_impl)
         width = adapter.teacher_dim if adapter is not None else student.config.hidden_size
@@ -323,8 +323,7 @@ class Pipeline:
         if stage == "align" and cfg.stages.align.from_:  # stage 1 done once by `alad align`, reused here
             return align.reuse(cfg, window, *dims, self.adapter_path(window, stage))
         if stage == "align":
-            adapter = AlignmentAdapter(*dims, window, cfg.adapter_hidden, impl=cfg.adapter_impl,
-                                       rngs=nnx.Rngs(_seed(cfg, name)))
+            adapter = models.new_adapter(cfg, *dims, window, nnx.Rngs(_seed(cfg, name)))
             streamed, why = align.streams(cfg, self.task.tokenizer, *dims)
             if streamed:
                 return self._align_streamed(name, window, student, teacher, adapter, why)

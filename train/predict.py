@@ -27,6 +27,7 @@ from alad_jax.inference.predictor import Predictor, QAPredictor
 from alad_jax.inference.saved_model import MODEL_JSON
 from alad_jax.inference.serving import SERVING_JSON
 from alad_train import cases
+from alad_train.export import SAVED_MODEL, resolve_saved_model
 
 OUTPUT_FORMATS = ("conll", "conllu", "jsonl")
 STDIN = "-"
@@ -47,15 +48,10 @@ def resolve_model(path: str | Path, case: str = cases.DEFAULT.name, window: int 
         info = _json_or_none(info_file)
         if isinstance(info, dict) and info.get("format") == onnx_export.FORMAT and isinstance(info.get("onnx"), str):
             return path / info["onnx"]  # an `alad export --format onnx` directory: its model file
-        return path
     if (path / SERVING_JSON).is_file():
         return path
-    if (path / "models").is_dir():
-        return cases.model_dir(path, case, window, marker=MODEL_JSON)
-    raise AladError(
-        f"--model {path}: not a saved aligned model ({MODEL_JSON}), an export (.onnx with {MODEL_JSON}, or "
-        f"{SERVING_JSON}) or an alad run work directory (models/); check the path"
-    )
+    return resolve_saved_model(path, case, window,
+                               kinds=f"{SAVED_MODEL}, an export (.onnx with {MODEL_JSON}, or {SERVING_JSON})")
 
 
 def _json_or_none(path: Path):

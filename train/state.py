@@ -65,7 +65,7 @@ class TrainState:
     ``trainable``, ``frozen`` and ``opt_state`` read and write as trees, but are held as flat
     lists of arrays: :meth:`step` calls a jitted twin of ``step_fn`` that takes and returns
     those lists, so a step's dispatch does not flatten and rebuild hundreds of nnx/optax
-    tree nodes in Python (5.6 ms of a MiniLM-L6 teacher step; benchmarks/dispatch.py). Both
+    tree nodes in Python (a visible share of a small step; benchmarks/dispatch.py). Both
     trace the same function; ``tests/test_state.py`` holds the flat step to the tree step bit
     for bit. ``step_fn`` (the tree form) stays for ahead-of-time lowering of trees (profiles).
     """

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from alad_jax import distributed
 from alad_jax.config import Config, StageConfig
 from alad_jax.data import batching, qa, readers, sources, splits, tagging
 from alad_jax.errors import AladError
@@ -108,8 +109,7 @@ class TaggingTask:
                 [len(r) for r in self.features["train"].input_ids], stage.batch_size, self.cfg.max_length, gap=gap)
         return batching.make_packed_batches(
             self.features["train"], rows_per_batch=self._packed_rows[key], length=self.cfg.max_length, gap=gap,
-            shuffle=True, seed=self.cfg.seed, epoch=epoch, process_index=jax.process_index(),
-            process_count=jax.process_count(), row_multiple=jax.device_count())
+            shuffle=True, seed=self.cfg.seed, epoch=epoch, **distributed.batch_layout())
 
     def eval_batches(self, split: str, gap: int = 0) -> list[Batch]:
         """A split's batches for evaluation: packed rows of ``eval_batch_size`` (one shape for every split),
@@ -171,7 +171,7 @@ def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: 
     size = {"batch_size": stage.batch_size} if stage.batch_size > 0 else {"token_budget": stage.token_budget}
     return batching.make_batches(
         features, **size, buckets=batching.length_buckets(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
-        process_index=jax.process_index(), process_count=jax.process_count(), row_multiple=jax.device_count(),
+        **distributed.batch_layout(),
     )
 
 
@@ -184,8 +184,7 @@ def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int, gap
         raise AladError("packed alignment batches hold token_budget positions: set stages.align/continual.token_budget")
     return batching.make_packed_batches(
         features, rows_per_batch=max(stage.token_budget // cfg.max_length, 1), length=cfg.max_length, gap=gap,
-        shuffle=True, seed=cfg.seed, epoch=epoch, process_index=jax.process_index(),
-        process_count=jax.process_count(), row_multiple=jax.device_count())
+        shuffle=True, seed=cfg.seed, epoch=epoch, **distributed.batch_layout())
 
 
 def alignment_eval_batches(features, cfg: Config, gap: int | None = None) -> list[Batch]:

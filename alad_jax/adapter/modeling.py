@@ -34,18 +34,9 @@ from alad_jax.errors import AladError
 
 IMPLS = ("auto", "fused", "explicit")
 
-# "auto" resolves to the fused (convolution) form, by measurement:
-# benchmarks/bench_adapter.py on the shared 2-core CPU box (batch 32 x seq 128,
-# Dt 768, hidden 1280, float32; both forms interleaved run by run; median ms,
-# forward / forward+backward w.r.t. the adapter parameters), one of two runs:
-#   Ds=128 K=3  explicit 450 / 1283   fused 400 / 1152
-#   Ds=256 K=3  explicit 458 / 1241   fused 398 / 1146
-#   Ds=256 K=5  explicit 680 / 1896   fused 597 / 1691
-#   Ds=384 K=5  explicit 796 / 2247   fused 656 / 1995
-# For K >= 3 the fused form won 23 of the 24 side-by-side comparisons over both
-# runs (forward 0.74-0.96x, forward+backward 0.89-0.97x of explicit; the one
-# loss, 1.19x, was a Ds=128 K=3 forward in the noisier run). K=1 is the same
-# matmul either way. Absolute times are inflated by other jobs on the box.
+# "auto" resolves to the fused (convolution) form: for K >= 3 it timed faster than the explicit
+# windows, forward and forward+backward, in float32 (benchmarks/bench_adapter.py; the figures are in
+# docs/speed_history.md). For K = 1 both forms are the same matmul.
 _AUTO_IMPL = "fused"
 
 

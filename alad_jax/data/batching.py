@@ -21,19 +21,23 @@ import numpy as np
 from alad_jax.data.tagging import IGNORE_INDEX, TaggingFeatures
 from alad_jax.errors import AladError
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
-
-Batch = dict[str, np.ndarray]
+# The one ladder of bucket lengths: few (each is one jit compilation per step function), about 1.5x
+# apart, so a row carries at most ~1/3 padding.
+LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def length_buckets(max_length: int) -> tuple[int, ...]:
     """Bucket lengths for rows of at most ``max_length`` sub-words, ascending, the last ``max_length``.
 
-    Few of them (each is one jit compilation per step function), about 1.5x apart, so a
-    row carries at most ~1/3 padding. Training, evaluation, the feature cache and the
-    predictor all bucket by this one function.
+    Training, evaluation, the feature cache, the teacher's inputs and the predictor all bucket by this
+    one function (the :data:`LADDER` below ``max_length``).
     """
-    return tuple(b for b in (32, 48, 64, 96, 128, 192, 256, 384, 512) if b < max_length) + (max_length,)
+    return tuple(b for b in LADDER if b < max_length) + (max_length,)
+
+
+DEFAULT_BUCKETS = length_buckets(512)  # BERT's longest input
+
+Batch = dict[str, np.ndarray]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], length: int, *, num_rows: int | None = None, pad_value: int = 0,

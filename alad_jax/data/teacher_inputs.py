@@ -27,12 +27,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alad_jax.data.batching import bucket_length, pad_rows
+from alad_jax.data.batching import DEFAULT_BUCKETS, bucket_length, pad_rows
 from alad_jax.data.wordpieces import same_wordpieces
 from alad_jax.errors import AladError
 
 _ROLES = ("cls_token", "sep_token", "pad_token", "unk_token", "mask_token", "bos_token", "eos_token")
-TEACHER_BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
@@ -95,7 +94,7 @@ class TeacherRows:
         out["target_word_ids"] = _pad([self.target_words[r] if r >= 0 else None for r in rows], length, -1)
         if teacher_ids:
             longest = max([len(self.ids[r]) for r in rows if r >= 0] or [1])
-            width = bucket_length(longest, TEACHER_BUCKETS)
+            width = bucket_length(longest, DEFAULT_BUCKETS)
             ids = [self.ids[r] if r >= 0 else None for r in rows]
             out["teacher_input_ids"] = _pad(ids, width, self.pad_id)
             out["teacher_attention_mask"] = _pad([None if x is None else np.ones(len(x), np.int32) for x in ids],

@@ -7,9 +7,10 @@ matmuls of its backward pass (activation and weight gradients, from the
 bfloat16-rounded cotangent). Everything else stays float32: parameters and
 optimizer state, the residual stream, LayerNorm, softmax and the attention
 score/context products (2-3% of the FLOPs), losses and gradients as stored.
-On this project's AVX512-BF16 CPU the step's matmuls run 1.35-1.9x faster
-that way (benchmarks/gemm_vs_torch.py) and whole train steps 1.5-1.8x
-(``alad bench``: ``ratios_bf16_vs_float32``).
+On a CPU with bfloat16 matrix instructions the step's matmuls and whole train
+steps run faster that way, which is why it is the default (``alad bench``
+reports ``ratios_bf16_vs_float32``; this project's figures are in
+docs/speed_history.md).
 
 jax's own transpose of a bfloat16 x bfloat16 -> float32 ``dot_general``
 multiplies a float32 cotangent by a bfloat16 operand, which XLA:CPU runs in
@@ -50,7 +51,7 @@ def _bf16_matmul_bwd(residuals, cotangent):
     x16, kernel16 = residuals
     g16 = cotangent.astype(jnp.bfloat16)
     # Contractions named by dimension numbers, not by transposing and reshaping first: XLA:CPU then
-    # picks the layouts itself (1.24x the cached AlAd step of the .T / reshape form, measured).
+    # picks the layouts itself (faster than the .T / reshape form; docs/speed_history.md).
     dx = lax.dot_general(g16, kernel16, (((g16.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     rows = tuple(range(x16.ndim - 1))
     dkernel = lax.dot_general(x16, g16, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
@@ -82,8 +83,8 @@ def step_graphdef(graphdef: nnx.GraphDef, *states: nnx.State, matmul_dtype: str)
     graphdef does not depend on its filters); the module ``graphdef`` describes is left as it is.
 
     An AlAd switches to its explicit form (windows, then fc1 as a Linear): the fused form is a
-    convolution, which has no bfloat16 path here; explicit windows into a bfloat16 fc1 measured
-    1.26x the float32 fused step (cached AlAd step, 32 x 128 tokens).
+    convolution, which has no bfloat16 path here; explicit windows into a bfloat16 fc1 beat the
+    float32 fused step (docs/speed_history.md).
     """
     from alad_jax.adapter import AlignmentAdapter
 

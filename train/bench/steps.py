@@ -25,26 +25,25 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alad_jax.adapter import AlignmentAdapter
 from alad_jax.config import Config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
 from alad_train import cases, models
+from alad_train.bench.effort import ALIGN_BATCH, FINETUNE_BATCH, TORCH_AUTOCAST
+from alad_train.bench.flops import adapter_flops_per_token, encoder_flops_per_token, finetune_flops_per_token
+from alad_train.bench.gemm import gemm_vs_torch
+from alad_train.timing import interleaved_medians, summary
+from alad_train.bench.trainer import Trainer, first_window_adapter, own_copy
 from alad_train.loop import make_optimizer
+from alad_train.state import train_state_of
 
-FINETUNE_BATCH = (32, 64)
-ALIGN_BATCH = (32, 128)  # the stages' 4096-token budget, every position real
 FINETUNE_CASES = (cases.TEACHER_FT, cases.STUDENT_FT, cases.JOINT)
-TORCH_AUTOCAST = "+bf16_autocast"  # a PyTorch step's name with this suffix runs its forward under CPU autocast
-GEMM_N = 2048  # the square matmul both frameworks' GEMM rates are measured on (--vs-torch)
-GEMM_DTYPES = ("float32", "bfloat16")
 
 
 def dense_batch(rows: int, length: int, vocab: int, num_labels: int, seed: int = 0) -> dict:
@@ -57,29 +56,12 @@ def dense_batch(rows: int, length: int, vocab: int, num_labels: int, seed: int =
     }
 
 
-def finetune_flops_per_token(encoder_forward: float, head_in: int, num_labels: int, adapter_forward: float = 0.0) -> float:
-    """Matmul FLOPs per token of one full fine-tune step: 3 x forward.
-
-    Every weight trains and every activation needs its gradient (all layers
-    train), so backward runs two matmuls per forward one (input and weight
-    gradient); the embedding lookup is a gather, not a matmul.
-    """
-    return 3.0 * (encoder_forward + adapter_forward + 2 * head_in * num_labels)
-
-
-def _copy(module: nnx.Module) -> nnx.Module:
-    """``module`` with its own buffers: the step donates the trainable ones, and the encoders are shared."""
-    graphdef, state = nnx.split(module)
-    return nnx.merge(graphdef, jax.tree.map(jnp.array, state))
-
-
 def jax_case_model(case: cases.Case, cfg: Config, teacher, student, num_labels: int) -> TaskModel:
     """The case's TaskModel, built as the pipeline builds it (a new AlAd stands in for the stage-2 one)."""
-    encoder = _copy(teacher if case.encoder == cases.TEACHER else student)
+    encoder = own_copy(teacher if case.encoder == cases.TEACHER else student)
     adapter = None
     if case.windowed:
-        adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                   cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(cfg.seed))
+        adapter = first_window_adapter(cfg, teacher, student, cfg.seed)
     width = adapter.teacher_dim if adapter is not None else encoder.config.hidden_size
     head = TaggingHead(width, num_labels, cfg.head_dropout, rngs=nnx.Rngs(cfg.seed + 1))
     return TaskModel(encoder, head, adapter, train_encoder=case.trains_encoder)
@@ -87,10 +69,7 @@ def jax_case_model(case: cases.Case, cfg: Config, teacher, student, num_labels: 
 
 def align_uncached_state(cfg: Config, teacher, student, mesh, seed: int = 0):
     """The stage-2 uncached alignment step's training state (student -> AlAd vs the frozen teacher), as fit builds it."""
-    from alad_train.state import train_state_of
-
-    adapter = AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                               cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(seed))
+    adapter = first_window_adapter(cfg, teacher, student, seed)
     return train_state_of(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS, models.align_loss,
                           make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh, matmul_dtype=cfg.matmul_dtype)
 
@@ -98,13 +77,11 @@ def align_uncached_state(cfg: Config, teacher, student, mesh, seed: int = 0):
 def jax_steps(cfg: Config, teacher, student, batch: dict, num_labels: int, matmul_dtype: str | None = None) -> dict:
     """{case name: a blocking zero-argument train step} on ``batch`` (already on the device), compiled;
     matmuls in ``matmul_dtype`` (default: the config's)."""
-    from alad_train.bench import _Trainer  # bench imports this module
-
     steps = {}
     device_batch = jax.device_put(batch)
     for case in FINETUNE_CASES:
         stage = getattr(cfg.stages, case.stage)
-        trainer = _Trainer(jax_case_model(case, cfg, teacher, student, num_labels), case.trainable,
+        trainer = Trainer(jax_case_model(case, cfg, teacher, student, num_labels), case.trainable,
                            models.tagging_loss, make_optimizer(stage, cfg.optim, total_steps=1000),
                            matmul_dtype or cfg.matmul_dtype)
         trainer.compile(batch)
@@ -118,71 +95,21 @@ def jax_steps(cfg: Config, teacher, student, batch: dict, num_labels: int, matmu
     return steps
 
 
-def jax_gemm_steps(n: int = GEMM_N) -> dict:
-    """{"gemm_<dtype>": a blocking ``[n, n] @ [n, n]``}: operands of the dtype, float32 accumulation and result
-    (the train steps' bfloat16 form, :mod:`alad_jax.models.precision`)."""
-    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
-    steps = {}
-    for dtype in GEMM_DTYPES:
-        a, b = (jax.random.normal(k, (n, n), dtype) for k in jax.random.split(jax.random.key(n)))
-        dot(a, b).block_until_ready()
-
-        def gemm(a=a, b=b) -> None:  # returns nothing: interleaved_medians times it (a number would be seconds)
-            dot(a, b).block_until_ready()
-
-        steps[f"gemm_{dtype}"] = gemm
-    return steps
-
-
-def gemm_vs_torch(worker, reps: int, n: int = GEMM_N) -> dict:
-    """GFLOP/s of both frameworks' ``n``-cubed matmul per dtype, interleaved rep by rep (median)."""
-    ours = jax_gemm_steps(n)
-    times = interleaved_medians({"alad_jax": ours, "torch": {name: functools.partial(worker.step, name)
-                                                             for name in ours}}, reps)
-    return {"n": n, "reps": reps,
-            **{side: {name.removeprefix("gemm_"): 2 * n**3 / statistics.median(t) / 1e9 for name, t in by.items()}
-               for side, by in times.items()},
-            "note": "square matmuls; ours: jnp.dot of operands of the dtype, float32 accumulation and result; "
-                    "PyTorch: torch.mm of operands of the dtype in its worker process (a bfloat16 result, as "
-                    "under autocast)"}
-
-
-def interleaved_medians(sides: dict[str, dict], reps: int) -> dict:
-    """{side: {case: [seconds per rep]}}: each rep runs every side's step of a case back to back."""
-    times = {side: {name: [] for name in steps} for side, steps in sides.items()}
-    for _ in range(reps):
-        for name in next(iter(sides.values())):
-            for side, steps in sides.items():
-                start = time.perf_counter()
-                seconds = steps[name]()  # a step timed in another process returns its own seconds
-                times[side][name].append(seconds if seconds is not None else time.perf_counter() - start)
-    return times
-
-
-def summary(times: list[float], tokens: int) -> dict:
-    """Median tokens/s and the spread (tokens/s at the slowest and fastest rep)."""
-    return {"tokens_per_s": tokens / statistics.median(times), "min": tokens / max(times),
-            "max": tokens / min(times), "reps": len(times)}
-
-
 def jax_alignment_steps(cfg: Config, teacher, student, batch: dict, hidden: dict,
                         matmul_dtype: str | None = None) -> dict:
     """{"align_uncached", "adapter_cached"}: blocking alignment train steps on a dense batch (compiled)."""
     matmul_dtype = matmul_dtype or cfg.matmul_dtype
-    from alad_train.bench import _Trainer
-
     stage = cfg.stages.continual
 
     def adapter():
-        return AlignmentAdapter(student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0],
-                                cfg.adapter_hidden, impl=cfg.adapter_impl, rngs=nnx.Rngs(cfg.seed))
+        return first_window_adapter(cfg, teacher, student, cfg.seed)
 
     cached_batch = {**batch, **hidden}
     trainers = {
-        "align_uncached": (_Trainer(models.AlignModel(student, teacher, adapter()), cases.ALIGNMENT_TRAINS,
-                                    models.align_loss, make_optimizer(stage, cfg.optim, total_steps=1000),
+        "align_uncached": (Trainer(models.AlignModel(student, teacher, adapter()), cases.ALIGNMENT_TRAINS,
+                                   models.align_loss, make_optimizer(stage, cfg.optim, total_steps=1000),
                                     matmul_dtype), batch),
-        "adapter_cached": (_Trainer(adapter(), nnx.Param, models.cached_align_loss,
+        "adapter_cached": (Trainer(adapter(), nnx.Param, models.cached_align_loss,
                                     make_optimizer(stage, cfg.optim, total_steps=1000), matmul_dtype), cached_batch),
     }
     steps = {}
@@ -206,10 +133,10 @@ def alignment_hidden(rows: int, length: int, ds: int, dt: int, seed: int = 0) ->
 
 
 def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, torch_worker=None) -> dict:
-    """The section's JSON: fine-tune tokens/s and MFU per case; with ``torch_builders`` every step vs PyTorch.
+    """The section's JSON: fine-tune tokens/s and MFU per case; with ``torch_worker`` every step vs PyTorch.
 
     ``torch_worker(batch, align_batch, hidden)`` starts the PyTorch twin of every step in a
-    process of its own (:class:`alad_train.bench_torch.TorchWorker`, ``step(name)`` -> seconds);
+    process of its own (:class:`alad_train.bench.pytorch.TorchWorker`, ``step(name)`` -> seconds);
     ``peak`` is the matmul peak (GFLOP/s) MFU divides by.
     """
     rows, length = FINETUNE_BATCH
@@ -243,8 +170,6 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
         if worker is not None:
             worker.close()
     ours = {name: summary(t, tokens[name]) for name, t in times["alad_jax"].items()}
-
-    from alad_train.bench import adapter_flops_per_token, encoder_flops_per_token
 
     flops = {
         cases.TEACHER_FT.name: finetune_flops_per_token(encoder_flops_per_token(teacher.config, length), dt, num_labels),
@@ -290,12 +215,12 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
                               for name, r in per_rep.items()},
             "torch": worker.version,
             # PyTorch's fork-join OpenMP threads stall when other processes take a core, XLA's task pool less:
-            # on a loaded machine the ratios move in our favour (2.3x where a quiet machine measured 0.66x).
+            # on a loaded machine the ratios move in our favour (docs/speed_history.md): the load goes beside them.
             "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
             "torch_threads": worker.threads,
             "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
-                    "of its own (in the JAX process it ran up to 2-3x slower); ratio = ours / theirs tokens/s "
-                    "(above 1: we are faster)",
+                    "of its own (in the JAX process it runs slower and more erratically); ratio = ours / theirs "
+                    "tokens/s (above 1: we are faster)",
         }
         # The recipe's PyTorch is float32: that is the issue's peer. Autocast is reported beside it, so a
         # bfloat16 win over a float32 baseline is never the only number shown.

@@ -1,21 +1,28 @@
 """``alad bench --vs-torch``: the authors' recipe in PyTorch, timed on the same batches as ours.
 
-Imported only when ``--vs-torch`` is given (torch is an optional extra).
+torch is an optional extra: this module imports it only inside the functions that run PyTorch, so
+importing the module (``alad bench`` without ``--vs-torch``) needs no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from alad_jax.config import Config
+from alad_jax.data.tagging import IGNORE_INDEX
 from alad_jax.errors import AladError
 from alad_train import cases
-from alad_train.bench import LATENCY_BATCHES, SEQ, Effort, _one_per_shape, _percentiles, _seconds
+from alad_train.bench.effort import GEMM_DTYPES, GEMM_N, LATENCY_BATCHES, SEQ, TORCH_AUTOCAST, Effort
+from alad_train.timing import one_per_shape, percentiles, seconds
 
 
 def require_torch() -> None:
@@ -26,7 +33,7 @@ def require_torch() -> None:
 
 def _bert(path: Path, *, train: bool):
     """transformers' BertModel in float32 (SDPA attention, transformers' default), in train or eval mode."""
-    import torch
+    import torch  # the optional extra (module docstring)
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -34,9 +41,9 @@ def _bert(path: Path, *, train: bool):
     return model.train(train)
 
 
-def _adapter(k: int, ds: int, hidden: int, dt: int):
+def reference_adapter(k: int, ds: int, hidden: int, dt: int):
     """The reference AlAd: windows padded at the batch edges only (as in the authors' code), two Linears."""
-    import torch
+    import torch  # the optional extra (module docstring)
 
     class Adapter(torch.nn.Module):
         def __init__(self):
@@ -54,9 +61,15 @@ def _adapter(k: int, ds: int, hidden: int, dt: int):
     return Adapter()
 
 
+def reference_align_loss(pred, target, m):
+    """The reference's alignment loss: squared error over real tokens x dims, divided by the real tokens
+    (``m``: the attention mask as float ``[batch, seq, 1]``)."""
+    return (((pred - target) ** 2) * m).sum() / m.sum()
+
+
 def _optimizer(params, stage, optim):
     """AdamW as the stages configure it; PyTorch's fused CPU kernel (the fastest of its three forms here)."""
-    import torch
+    import torch  # the optional extra (module docstring)
 
     return torch.optim.AdamW(list(params), lr=stage.lr, betas=(optim.b1, optim.b2), eps=optim.eps,
                              weight_decay=stage.weight_decay, fused=True)
@@ -65,9 +78,8 @@ def _optimizer(params, stage, optim):
 def _trainer(module, loss_of, stage, optim, autocast: bool = False):
     """A blocking step: forward, loss, backward, global-norm clip, AdamW update. ``autocast``: the forward
     under ``torch.autocast("cpu", bfloat16)`` (PyTorch's mixed precision; backward follows its dtypes)."""
-    import contextlib
 
-    import torch
+    import torch  # the optional extra (module docstring)
 
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(params, stage, optim)
@@ -91,7 +103,7 @@ def alignment_steps(cfg: Config, teacher_dir: Path, student_dir: Path):
     Uncached: frozen teacher and student forwards (no autograd), the AlAd step on
     the student states. Cached: the AlAd step alone on given float32 hidden states.
     """
-    import torch
+    import torch  # the optional extra (module docstring)
 
     torch.manual_seed(cfg.seed)
     teacher, student = _bert(teacher_dir, train=False), _bert(student_dir, train=False)
@@ -100,37 +112,31 @@ def alignment_steps(cfg: Config, teacher_dir: Path, student_dir: Path):
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
     stage, optim = cfg.stages.continual, cfg.optim
 
-    def masked_mse(pred, target, m):
-        return (((pred - target) ** 2) * m).sum() / m.sum()
-
     def build(batch: dict, hidden: dict, autocast: bool = False) -> dict:
         ids = torch.from_numpy(batch["input_ids"]).long()
         mask = torch.from_numpy(batch["attention_mask"]).long()
         m = mask.unsqueeze(-1).float()
-        uncached, cached = _adapter(cfg.windows[0], ds, cfg.adapter_hidden, dt), _adapter(cfg.windows[0], ds,
-                                                                                         cfg.adapter_hidden, dt)
+        uncached, cached = (reference_adapter(cfg.windows[0], ds, cfg.adapter_hidden, dt) for _ in range(2))
 
         def uncached_loss():
             with torch.no_grad():
                 s = student(input_ids=ids, attention_mask=mask).last_hidden_state
                 t = teacher(input_ids=ids, attention_mask=mask).last_hidden_state
-            return masked_mse(uncached(s), t, m)
+            return reference_align_loss(uncached(s), t, m)
 
         s_cached = torch.from_numpy(np.asarray(hidden["student_hidden"], np.float32))
         t_cached = torch.from_numpy(np.asarray(hidden["teacher_hidden"], np.float32))
         return {"align_uncached": _trainer(uncached, uncached_loss, stage, optim, autocast),
-                "adapter_cached": _trainer(cached, lambda: masked_mse(cached(s_cached), t_cached, m), stage, optim,
-                                           autocast)}
+                "adapter_cached": _trainer(cached, lambda: reference_align_loss(cached(s_cached), t_cached, m), stage,
+                                           optim, autocast)}
 
     return build
 
 
 def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int):
     """``batch -> {case name: blocking step}``: BertModel + dropout + Linear head (+ AlAd for joint), all training."""
-    import torch
+    import torch  # the optional extra (module docstring)
     import transformers
-
-    from alad_train import cases
 
     torch.manual_seed(cfg.seed)
     teacher_dim = transformers.BertConfig.from_pretrained(str(teacher_dir)).hidden_size
@@ -145,7 +151,7 @@ def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels
             ds = encoder.config.hidden_size
             adapter = None
             if case.windowed:
-                adapter = _adapter(cfg.windows[0], ds, cfg.adapter_hidden, teacher_dim)
+                adapter = reference_adapter(cfg.windows[0], ds, cfg.adapter_hidden, teacher_dim)
             width = teacher_dim if adapter is not None else ds
             head = torch.nn.Sequential(torch.nn.Dropout(cfg.head_dropout), torch.nn.Linear(width, num_labels))
             parts = torch.nn.ModuleList([m for m in (encoder, adapter, head) if m is not None]).train()
@@ -156,7 +162,7 @@ def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels
                     hidden = adapter(hidden)
                 logits = head(hidden)
                 return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels,
-                                                         ignore_index=-100)
+                                                         ignore_index=IGNORE_INDEX)
 
             steps[case.name] = _trainer(parts, loss_of, getattr(cfg.stages, case.stage), cfg.optim, autocast)
         return steps
@@ -167,7 +173,7 @@ def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels
 def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: list[dict], num_labels: int,
                   effort: Effort) -> dict:
     """The authors' recipe: frozen BertModel teacher and student, nn.Linear adapter, AdamW, no cache."""
-    import torch
+    import torch  # the optional extra (module docstring)
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -175,22 +181,7 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
     teacher, student = _bert(teacher_dir, train=False), _bert(student_dir, train=False)
     ds, dt, window = student.config.hidden_size, teacher.config.hidden_size, cfg.windows[0]
 
-    class Adapter(torch.nn.Module):
-        """Windows padded at the batch edges only, as in the reference code."""
-
-        def __init__(self, k: int):
-            super().__init__()
-            self.k = k
-            self.fc1 = torch.nn.Linear(k * ds, cfg.adapter_hidden)
-            self.fc2 = torch.nn.Linear(cfg.adapter_hidden, dt)
-
-        def forward(self, hidden):
-            r, length = self.k // 2, hidden.shape[1]
-            padded = torch.nn.functional.pad(hidden, (0, 0, r, r))
-            windows = torch.cat([padded[:, j : j + length] for j in range(self.k)], dim=-1)
-            return self.fc2(torch.nn.functional.gelu(self.fc1(windows)))
-
-    adapter = Adapter(window)
+    adapter = reference_adapter(window, ds, cfg.adapter_hidden, dt)
     stage, optim = cfg.stages.continual, cfg.optim
     optimizer = _optimizer(adapter.parameters(), stage, optim)
 
@@ -200,17 +191,16 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
         with torch.no_grad():
             s = student(input_ids=ids, attention_mask=mask).last_hidden_state
             t = teacher(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).float()
-        loss = (((adapter(s) - t) ** 2) * m).sum() / m.sum()
+        loss = reference_align_loss(adapter(s), t, mask.unsqueeze(-1).float())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter.parameters(), optim.clip_norm)
         optimizer.step()
 
     timed = batches[: effort.torch_batches] if effort.torch_batches else batches
-    for batch in _one_per_shape(timed):
+    for batch in one_per_shape(timed):
         step(batch)  # warm-up: allocator and kernel selection, like our compilation
-    seconds = _seconds(lambda: [step(b) for b in timed])
+    took = seconds(lambda: [step(b) for b in timed])
     tokens = int(sum(b["attention_mask"].sum() for b in timed))
 
     head = torch.nn.Linear(dt, num_labels)
@@ -221,17 +211,17 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
             mask = torch.ones_like(ids)
             run = lambda: head(adapter(student(input_ids=ids, attention_mask=mask).last_hidden_state)).argmax(-1)
             run()
-            latency[f"b{rows}"] = _percentiles([_seconds(run) for _ in range(effort.latency_reps[rows])])
-    return {"batches": len(timed), "tokens": tokens, "seconds": seconds, "latency": latency,
+            latency[f"b{rows}"] = percentiles([seconds(run) for _ in range(effort.latency_reps[rows])])
+    return {"batches": len(timed), "tokens": tokens, "seconds": took, "latency": latency,
             "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
 # --------------------------------------------------------------------------- a process of its own
-# PyTorch steps timed inside the JAX process ran up to 2-3x slower and far more erratically than
-# the same steps in a process without XLA (benchmarks/torch_baseline.py --no-jax): the two runtimes'
-# thread pools share the cores. So the side-by-side steps run PyTorch in a worker process, driven
-# step by step over a pipe (JSON lines; the batches as .npy files), each side's step timed in its
-# own process.
+# PyTorch steps timed inside the JAX process run slower and far more erratically than the same
+# steps in a process without XLA (benchmarks/torch_baseline.py --no-jax; docs/speed_history.md): the
+# two runtimes' thread pools share the cores. So the side-by-side steps run PyTorch in a worker
+# process, driven step by step over a pipe (JSON lines; the batches as .npy files), each side's step
+# timed in its own process.
 
 
 def _recipe_spec(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int) -> dict:
@@ -249,9 +239,6 @@ class TorchWorker:
 
     def __init__(self, cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int, batch: dict,
                  align_batch: dict, hidden: dict, workdir: Path):
-        import subprocess
-        import sys
-
         workdir.mkdir(parents=True, exist_ok=True)
         arrays = {"ft_" + k: v for k, v in batch.items()}
         arrays.update({"al_" + k: v for k, v in align_batch.items()})
@@ -261,7 +248,7 @@ class TorchWorker:
         spec = _recipe_spec(cfg, teacher_dir, student_dir, num_labels)
         spec["arrays"] = sorted(arrays)
         (workdir / "spec.json").write_text(json.dumps(spec))
-        self.proc = subprocess.Popen([sys.executable, "-m", "alad_train.bench_torch", str(workdir)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "alad_train.bench.pytorch", str(workdir)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         ready = json.loads(self._read())
         self.names, self.threads, self.version = ready["steps"], ready["threads"], ready["version"]
@@ -270,7 +257,7 @@ class TorchWorker:
         line = self.proc.stdout.readline()
         if not line:
             raise AladError("alad bench --vs-torch: the PyTorch worker process died; run it alone to see why: "
-                            "python -m alad_train.bench_torch WORKDIR")
+                            "python -m alad_train.bench.pytorch WORKDIR")
         return line
 
     def step(self, name: str) -> float:
@@ -285,7 +272,7 @@ class TorchWorker:
 
 def _gemm_steps(n: int, dtypes) -> dict:
     """{"gemm_<dtype>": ``torch.mm`` of two ``[n, n]`` operands of the dtype} (oneDNN's kernels for bfloat16)."""
-    import torch
+    import torch  # the optional extra (module docstring)
 
     generator = torch.Generator().manual_seed(n)
     steps = {}
@@ -296,10 +283,7 @@ def _gemm_steps(n: int, dtypes) -> dict:
 
 
 def _worker(workdir: Path) -> None:
-    import sys
-    from types import SimpleNamespace
-
-    import torch
+    import torch  # the optional extra (module docstring)
 
     protocol, sys.stdout = sys.stdout, sys.stderr  # stray prints of the libraries must not enter the protocol
     spec = json.loads((workdir / "spec.json").read_text())
@@ -309,8 +293,6 @@ def _worker(workdir: Path) -> None:
                           head_dropout=spec["head_dropout"], optim=SimpleNamespace(**spec["optim"]),
                           stages=SimpleNamespace(**{k: SimpleNamespace(**v) for k, v in spec["stages"].items()}))
     teacher_dir, student_dir = Path(spec["teacher_dir"]), Path(spec["student_dir"])
-    from alad_train.bench_steps import GEMM_DTYPES, GEMM_N, TORCH_AUTOCAST
-
     steps = {}
     finetune = finetune_steps(cfg, teacher_dir, student_dir, spec["num_labels"])
     align = alignment_steps(cfg, teacher_dir, student_dir) if "al_input_ids" in arrays else None
@@ -332,6 +314,4 @@ def _worker(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     _worker(Path(sys.argv[1]))
