@@ -25,7 +25,7 @@ from flax import nnx
 
 from alad_jax import sharding
 from alad_jax.adapter import AlignmentAdapter
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
 from alad_train import bench, bench_steps, cases, models

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 
 from alad_jax import sharding
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_train import bench, bench_steps, cases, models
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of

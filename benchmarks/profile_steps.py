@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--only", default="teacher,align_uncached")
     args = parser.parse_args()
 
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_train import bench, bench_steps, cases, models
     from alad_train.loop import make_optimizer
     from alad_train.state import train_state_of

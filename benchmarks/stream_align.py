@@ -67,7 +67,7 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
     from alad_jax import sharding
     from alad_jax.adapter import AlignmentAdapter
     from alad_jax.cache import HiddenCache
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.data import batching, sources, stream, tagging
     from alad_jax.models import compress, hub
     from alad_train import align, cases, models, tasks

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from flax import nnx
 
-from alad_jax.config import StagesConfig
+from alad_train.config import StagesConfig
 from alad_jax.errors import AladError
 from alad_train import cases
 
@@ -84,7 +84,7 @@ def test_only_the_cases_that_start_from_stage_2_need_the_alignment_stages():
 
 def test_config_default_selects_every_case():
     """The embedded default stays the full comparison."""
-    from alad_jax.config import Config
+    from alad_train.config import Config
 
     assert Config().cases == ["all"] and cases.selected(Config().cases) == cases.SELECTABLE
     assert cases.selected(["probe", "student_ft", "head", "frozen", "joint", "noalign_frozen"]) == cases.SELECTABLE

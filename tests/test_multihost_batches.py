@@ -47,7 +47,7 @@ LAYOUTS = [(1, 1), (2, 1), (1, 4), (2, 2)]  # (processes, devices of all process
 def small_task():
     """The issue's real command's train split: 64 Porttinari sentences, whose packing rounds 16 x 48 / 64 = 12 and
     32 x 48 / 64 = 24 (gap 0) and 23 (gap 1): the counts that broke when the layout rounded them."""
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.models import hub
     from alad_train import tasks
 
@@ -107,7 +107,7 @@ def _fresh_train_batches(task, stage, epoch: int, gap: int) -> list[dict]:
 @pytest.mark.parametrize("batch_size,gap", [(16, 0), (32, 0), (32, 1)])
 def test_every_process_and_device_layout_trains_on_the_same_global_batches(small_task, monkeypatch, packing,
                                                                              batch_size, gap):
-    from alad_jax.config import StageConfig
+    from alad_train.config import StageConfig
 
     small_task.cfg.packing = packing
     small_task._packed_rows.clear()
@@ -123,7 +123,7 @@ def test_every_process_and_device_layout_trains_on_the_same_global_batches(small
 
 @pytest.mark.parametrize("gap", [1, None])
 def test_every_layout_aligns_on_the_same_global_batches(small_task, monkeypatch, gap):
-    from alad_jax.config import StageConfig
+    from alad_train.config import StageConfig
     from alad_train import tasks
 
     stage = StageConfig(batch_size=0, token_budget=700)

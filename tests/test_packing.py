@@ -15,7 +15,7 @@ from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import batching
 from alad_jax.data.tagging import IGNORE_INDEX, TaggingFeatures
 from alad_jax.errors import AladError

@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import qa
 from alad_jax.data.readers import Answer, QAExample
 from alad_jax.errors import AladError

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from alad_jax.config import MINILM, load_config
+from alad_train.config import MINILM, load_config
 from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.data.tagging import UPOS_LABELS

@@ -20,7 +20,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from alad_jax.adapter import export_reference
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_train import pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))

@@ -27,7 +27,7 @@ from flax import nnx
 
 from alad_jax import distributed, sharding
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.data import stream, tagging, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.models import compress, hub

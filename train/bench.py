@@ -63,7 +63,7 @@ from flax import nnx
 from alad_jax import sharding, xla_cpu
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
-from alad_jax.config import Config, load_config
+from alad_train.config import Config, load_config
 from alad_jax.errors import AladError
 from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models import compress, hub

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.errors import AladError
 from alad_train import cases
 from alad_train.bench import LATENCY_BATCHES, SEQ, Effort, _one_per_shape, _percentiles, _seconds

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.errors import AladError
 from alad_jax.models import hub
 from alad_jax.models.heads import TaggingHead

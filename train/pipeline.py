@@ -25,7 +25,7 @@ from flax import nnx
 from alad_jax import compile_meter, distributed, sharding, xla_cpu
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
 from alad_jax.cache import HiddenCache
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.data import batching, sources, splits, tagging, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.inference.saved_model import load_aligned_model, load_info, save_aligned_model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_train import cases
 from alad_train.cases import Case
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from alad_jax import distributed
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_train import pipeline, report
 from alad_train.report.markdown import _Numbers, still_rising
 from alad_train.workdir import prepare_workdir

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alad_jax.config import Config, StageConfig
+from alad_train.config import Config, StageConfig
 from alad_jax.data import batching, qa, readers, sources, splits, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import task_model

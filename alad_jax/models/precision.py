@@ -30,8 +30,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from alad_jax.config import MATMUL_DTYPES
 from alad_jax.errors import AladError
+
+MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions
 
 
 @jax.custom_vjp
