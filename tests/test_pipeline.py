@@ -31,6 +31,7 @@ from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
 from alad_train import pipeline, predictions
+from alad_train.context import Progress
 from alad_train.report import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,12 +353,12 @@ def test_changed_config_in_existing_workdir_is_refused(finished, tiny):
 def test_a_resumed_stage_total_counts_the_interrupted_sessions_training(tmp_path):
     """5 s trained before a kill + 0.2 s after: the stage took at least 5.2 s, not this session's 0.2 s."""
     cfg = load_config(None, [])
-    stage = pipeline.Pipeline(cfg, pipeline.prepare_workdir(tmp_path / "run", cfg))
+    progress = Progress(pipeline.prepare_workdir(tmp_path / "run", cfg), keep_checkpoints=False)
 
     def resumed_training():
         time.sleep(0.2)
         return {"steps": 10, "train_seconds": 5.2, "resumed_seconds": 5.0}
 
-    record = stage.stage("teacher", resumed_training)
+    record = progress.record("teacher", resumed_training)
     assert record["wall_seconds"] >= record["train_seconds"] == 5.2
     assert "resumed_seconds" not in record
