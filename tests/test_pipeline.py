@@ -30,7 +30,7 @@ from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from alad_train import pipeline, predictions
+from alad_train import cases, pipeline, predictions
 from alad_train.context import Progress
 from alad_train.report import statistics
 
@@ -142,7 +142,8 @@ def test_results_carry_paired_intervals_for_every_comparison(finished):
         assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["unit"] == "sentences" and c["resamples"] == 10_000
         assert c["verdict"] == ("better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else
                                 "no detectable difference")
-    assert on_disk == {**on_disk, **statistics.run_intervals(workdir, "pos", list(test))}  # seeded: reproducible
+    assert on_disk == {**on_disk, **statistics.run_intervals(
+        workdir, "pos", [cases.RowId.of_record(r) for r in on_disk["rows"]])}  # seeded: reproducible
     assert {g["row"] for g in on_disk["gap_recovered"]} == set(ROWS) - {"teacher", "student_probe"}
     assert "paired bootstrap 95% interval" in (workdir / "results.md").read_text()
 

@@ -45,11 +45,11 @@ def execute(ctx: RunContext, started: float) -> dict:
         out = ctx.progress.record(step.name, functools.partial(_stage_of(ctx, step), ctx, step))
         if step.alignment:
             aligned.setdefault(f"w{step.window}", {})[_ALIGNMENT_KEYS[step.alignment]] = _without_history(out)
-        else:
-            rows[step.name] = out
-    timed = ctx.progress.record(plan.LATENCY, lambda: latency.latencies(ctx, list(rows)))
-    rows = {name: {**row, "latency_ms": timed["p50_ms"][name], "latency_p95_ms": timed["p95_ms"][name]}
-            for name, row in rows.items()}
+        else:  # a results row carries its identity as fields (results.json's readers never parse its name)
+            rows[step.row_id] = {"name": out["name"], **step.row_id.record(), **out}
+    timed = ctx.progress.record(plan.LATENCY, lambda: latency.latencies(ctx, [row.name for row in rows]))
+    rows = {row: {**out, "latency_ms": timed["p50_ms"][row.name], "latency_p95_ms": timed["p95_ms"][row.name]}
+            for row, out in rows.items()}
     out = results.results(ctx, rows, aligned, time.perf_counter() - started)
     if distributed.is_primary():
         report.write_results(ctx.workdir, out)

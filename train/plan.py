@@ -44,6 +44,11 @@ class Step:
         """It produces a results row."""
         return self.case is not None
 
+    @property
+    def row_id(self) -> cases.RowId | None:
+        """The identity of the row it produces (None for alignment stages and the latency measurement)."""
+        return cases.RowId(self.case, self.window) if self.case is not None else None
+
 
 def make_plan(cfg: Config, teacher: Case) -> list[Step]:
     """The steps of ``cfg``'s run, in order; ``teacher`` is the teacher row's case (:mod:`.own_teacher`)."""

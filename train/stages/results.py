@@ -9,10 +9,11 @@ from alad_train import cases, plan, report
 from alad_train.context import RunContext
 
 
-def results(ctx: RunContext, rows: dict, alignment: dict, seconds: float) -> dict:
-    """The content of results.json for ``rows`` (name -> row) and ``alignment`` (``wK`` -> stage -> record)."""
+def results(ctx: RunContext, rows: dict[cases.RowId, dict], alignment: dict, seconds: float) -> dict:
+    """The content of results.json for ``rows`` (identity -> row) and ``alignment`` (``wK`` -> stage -> record)."""
     cfg = ctx.cfg
-    teacher_total = rows[ctx.teacher.row_name()]["params"]["total"]
+    teacher = rows[cases.RowId(ctx.teacher)]
+    teacher_total = teacher["params"]["total"]
     student = f"{cfg.student} (first {cfg.student_layers} layers)" if cfg.student_layers else cfg.student
     out_rows = []
     for row in rows.values():
@@ -28,7 +29,7 @@ def results(ctx: RunContext, rows: dict, alignment: dict, seconds: float) -> dic
             f"batch of {cfg.eval_batch_size} test rows padded to max_length {cfg.max_length}, every row's saved "
             f"model timed in turn (interleaved)",
             f"alignment features cached: {cfg.cache_features}",
-        ] + _scope_notes(ctx, rows) + ([f"packed batches: fine-tunes and their evaluation run on rows of {cfg.max_length} positions "
+        ] + _scope_notes(ctx, teacher) + ([f"packed batches: fine-tunes and their evaluation run on rows of {cfg.max_length} positions "
               "holding several sentences (block-diagonal attention, positions restarting per sentence)"]
              if cfg.packing and cfg.task != "qa" else []),
         "alignment": alignment,
@@ -48,9 +49,9 @@ def results(ctx: RunContext, rows: dict, alignment: dict, seconds: float) -> dic
     }
 
 
-def _scope_notes(ctx: RunContext, rows: dict) -> list[str]:
-    """What the run trained: the teacher's origin, and the rows config key ``cases`` left out."""
-    teacher = rows[ctx.teacher.row_name()]
+def _scope_notes(ctx: RunContext, teacher: dict) -> list[str]:
+    """What the run trained: the teacher's origin (``teacher`` is its row), and the rows config key ``cases``
+    left out."""
     notes = [teacher["note"]] if "note" in teacher else (
         [] if ctx.teacher is cases.TEACHER_FT else [f"teacher: {ctx.teacher.about}"])
     skipped = plan.not_trained(ctx.cfg)
