@@ -67,7 +67,7 @@ def test_model_dir_finds_the_case_not_its_lookalike(tmp_path):
     for case, k in ((cases.FROZEN, 3), (cases.NOALIGN, 3), (cases.JOINT, 3), (cases.JOINT, 5)):
         name = cases.RowId(case, k).name
         (models / name).mkdir(parents=True)
-        (models / name / "alad.json").write_text(json.dumps({"window": k, "meta": {"case": case.name}}))
+        (models / name / "alad.json").write_text(json.dumps({"window": k}))  # a saved model records its AlAd's K
     assert cases.model_dir(tmp_path, "frozen") == models / "alad_w3_frozen"
     assert cases.model_dir(tmp_path, "noalign_frozen") == models / "alad_w3_noalign_frozen"
     assert cases.model_dir(tmp_path, "joint", window=5) == models / "alad_w5_joint"

@@ -186,18 +186,17 @@ def by_name(name: str) -> Case:
 
 
 def saved_rows(workdir: str | Path, marker: str = "alad.json") -> dict[RowId, Path]:
-    """The saved models of the windowed cases in ``workdir/models``, by the identity their ``marker`` file
-    (alad.json) records: the case in its ``meta``, the window K of its AlAd."""
+    """The saved models of the windowed cases in ``workdir/models``: a directory with a ``marker`` file (alad.json)
+    is the row of window K (the window its AlAd records there) whose name it carries."""
     models = Path(workdir) / "models"
     if not models.is_dir():
         raise AladError(f"{workdir} has no models/ directory; pass the --workdir of a finished alad run")
     found = {}
     for path in sorted(models.iterdir()):
         if (path / marker).is_file():
-            info = json.loads((path / marker).read_text(encoding="utf-8"))
-            case = BY_NAME.get((info.get("meta") or {}).get("case"))
-            if case is not None and case.windowed and info.get("window") is not None:
-                found[RowId(case, int(info["window"]))] = path
+            window = json.loads((path / marker).read_text(encoding="utf-8")).get("window")
+            rows = [RowId(case, int(window)) for case in WINDOWED] if window is not None else []
+            found.update({row: path for row in rows if row.name == path.name})
     return found
 
 
