@@ -22,8 +22,8 @@ from alad_jax.cache import HiddenCache
 from alad_jax.data import batching, sources, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.inference.saved_model import load_aligned_model
-from alad_jax.models import compress, hub
-from alad_train import own_teacher, plan, report, tasks
+from alad_jax.models import hub
+from alad_train import align, own_teacher, plan, report, tasks
 from alad_train.cases import Case
 from alad_train.config import Config
 from alad_train.files import atomic_write_text
@@ -162,23 +162,12 @@ def build_context(cfg: Config, workdir: Path) -> RunContext:
     teacher = own_teacher.teacher_case(cfg)
     steps = tuple(plan.make_plan(cfg, teacher))
     tokenizer = hub.load_tokenizer(cfg.teacher, cache_dir=cfg.cache_dir or None)
-    student_dir = _make_student(cfg, workdir)
+    student_dir = align.make_student(cfg, workdir)
     student_tok = hub.load_tokenizer(student_dir, cache_dir=cfg.cache_dir or None)
     task, teacher_task, inputs = _load_tasks(cfg, tokenizer, student_tok, steps, progress.records)
     features = Features(cfg, workdir, task, inputs, student_dir, workdir / "models" / teacher.row_name())
     return RunContext(cfg, workdir, progress, mesh, logger, teacher, steps, student_dir, task, teacher_task, inputs,
                       features)
-
-
-def _make_student(cfg: Config, workdir: Path) -> str:
-    """The student's directory: ``cfg.student`` itself, or its first ``student_layers`` layers (made once)."""
-    if cfg.student_layers <= 0:
-        return cfg.student
-    out = workdir / "models" / "student"
-    with distributed.primary_writes("student") as writer:
-        if writer and not (out / "config.json").is_file():
-            compress.truncate(cfg.student, cfg.student_layers, out, cache_dir=cfg.cache_dir or None)
-    return str(out)
 
 
 def _load_tasks(cfg: Config, tokenizer, student_tok, steps, progress: dict):

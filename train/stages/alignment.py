@@ -9,7 +9,7 @@ from alad_jax.adapter import AlignmentAdapter, export_reference, import_referenc
 from alad_jax.cache import HiddenCache
 from alad_jax.data import batching, sources, splits, tagging, teacher_inputs
 from alad_jax.errors import AladError
-from alad_train import align, cases, models, tasks
+from alad_train import align, batches, cases, models, tasks
 from alad_train.context import RunContext, load_student, load_teacher
 from alad_train.files import jsonable
 from alad_train.loop import Objective
@@ -37,8 +37,8 @@ def alignment(ctx: RunContext, step: Step) -> dict:
         adapter = import_reference(ctx.adapter_path(window, "align"), impl=cfg.adapter_impl)
     train_rows, val_rows, train_teacher, val_teacher = _alignment_rows(ctx, stage)
     stage_cfg = getattr(cfg.stages, stage)
-    gap = window // 2 if tasks.packs_alignment(cfg, train_teacher.level) else None
-    val_batches = tasks.alignment_eval_batches(val_rows, cfg, gap)
+    strategy = batches.for_alignment(cfg, window, train_teacher.level)
+    val_batches = strategy.eval(val_rows)
     if cfg.cache_features:
         train_cache, val_cache = _caches(ctx, stage, train_rows, val_rows, train_teacher, val_teacher,
                                          student, teacher)
@@ -59,7 +59,7 @@ def alignment(ctx: RunContext, step: Step) -> dict:
         return sq / max(count, 1), {"mse": sq / max(count, 1), "cosine": cos / max(count, 1)}
 
     result = train(ctx, name, objective, stage_cfg,
-                   lambda epoch: tasks.alignment_batches(train_rows, cfg, stage_cfg, epoch, gap),
+                   lambda epoch: strategy.train(train_rows, stage_cfg, epoch, by_tokens=True),
                    evaluate, higher_is_better=False, prepare=prepare)
     best = distributed.host_copy(result.model if cfg.cache_features else result.model.adapter)
     with distributed.primary_writes(name) as writer:

@@ -11,7 +11,7 @@ from alad_jax.adapter import AlignmentAdapter, export_reference, import_referenc
 from alad_jax.inference.saved_model import load_info, save_aligned_model
 from alad_jax.models.task_model import TaskModel
 from alad_jax.param_count import count_params
-from alad_train import align, cases, measure, predictions, tasks
+from alad_train import align, batches, cases, measure, predictions
 from alad_train.cases import Case
 from alad_train.context import RunContext, load_student
 from alad_train.files import jsonable
@@ -35,14 +35,16 @@ def task_case(ctx: RunContext, step: Step) -> dict:
     width = adapter.teacher_dim if adapter is not None else student.config.hidden_size
     head = ctx.task.make_head(width, align.stage_seed(cfg, name + "_head"))
     model = TaskModel(student, head, adapter, train_encoder=case.trains_encoder)
-    row, best = train_and_score(ctx, name, model, case)
+    row, best = train_and_score(ctx, name, model, case, window)
     adapter_file = ctx.adapter_path(window, case.name) if adapter is not None else None
     save_model(ctx, name, best, case, row, model_name=cfg.student, adapter_file=adapter_file)
     return row
 
 
-def train_and_score(ctx: RunContext, name: str, model: TaskModel, case: Case, task=None) -> tuple[dict, TaskModel]:
-    """Train ``case``'s parameters of ``model``; its row (dev/test, params, latency, cosine) and best model.
+def train_and_score(ctx: RunContext, name: str, model: TaskModel, case: Case, window: int | None,
+                    task=None) -> tuple[dict, TaskModel]:
+    """Train ``case``'s parameters of ``model`` (its AlAd of window K, or None); its row (dev/test, params, latency,
+    cosine) and best model.
 
     Cases with a frozen student train and select on its cached output (a frozen
     encoder computes the same thing every epoch); the reported dev/test numbers
@@ -53,15 +55,16 @@ def train_and_score(ctx: RunContext, name: str, model: TaskModel, case: Case, ta
     cached = ctx.cfg.cache_features and case.frozen_student
     train_prepare = ctx.features.encoder_hidden("train") if cached else None
     dev_prepare = ctx.features.encoder_hidden("dev") if cached else None
+    strategy = batches.for_finetune(ctx.cfg, window)
     result = train(
         ctx, name, Objective(model, case.trainable, task.loss_fn), stage_cfg,
-        lambda epoch: task.train_batches(stage_cfg, epoch, tasks.pack_gap(model)),
-        lambda m: task.evaluate(m, "dev", dev_prepare),
+        lambda epoch: task.train_batches(stage_cfg, epoch, strategy),
+        lambda m: task.evaluate(m, "dev", strategy, dev_prepare),
         higher_is_better=True, prepare=train_prepare,
     )
     best = result.model
     (dev_score, dev_metrics), (test_score, test_metrics) = (
-        _predict_and_save(ctx, name, task, best, split) for split in ("dev", "test"))
+        _predict_and_save(ctx, name, task, best, split, strategy) for split in ("dev", "test"))
     if ctx.cfg.task == "qa":  # both headline numbers, as SQuAD reports them
         dev_score = {"f1": dev_metrics["f1"], "exact": dev_metrics["exact"]}
         test_score = {"f1": test_metrics["f1"], "exact": test_metrics["exact"]}
@@ -69,7 +72,7 @@ def train_and_score(ctx: RunContext, name: str, model: TaskModel, case: Case, ta
         "name": name, "dev": dev_score, "test": test_score,
         "params": {"total": count_params(best), "trainable": result.trainable_params,
                    "adapter": count_params(best.adapter)},
-        "cosine": _cosine(ctx, best, ctx.features.encoder_hidden("test") if cached else None)
+        "cosine": _cosine(ctx, best, window, ctx.features.encoder_hidden("test") if cached else None)
         if best.adapter is not None else None,
         "dev_metrics": dev_metrics, "test_metrics": test_metrics,
         "train_seconds": round(result.seconds, 2), "steps": result.steps,
@@ -102,24 +105,24 @@ def save_model(ctx: RunContext, name: str, best: TaskModel, case: Case, row: dic
         )
 
 
-def _predict_and_save(ctx: RunContext, name: str, task, model: TaskModel, split: str) -> tuple[float, dict]:
+def _predict_and_save(ctx: RunContext, name: str, task, model: TaskModel, split: str,
+                      strategy: batches.Batching) -> tuple[float, dict]:
     """(score, metrics) of ``model`` on ``split``, scored from the very records written to
     ``predictions/<row>.<split>.jsonl`` (:mod:`alad_train.predictions`): the file reproduces the row's numbers."""
-    records, meta = task.predict(model, split)
+    records, meta = task.predict(model, split, strategy)
     score, metrics = task.score(records, meta)
     if distributed.is_primary():
         predictions.write(ctx.workdir, name, split, task=ctx.cfg.task, records=records, score=score, meta=meta)
     return score, metrics
 
 
-def _cosine(ctx: RunContext, model: TaskModel, prepare=None) -> float:
-    """Mean token cosine between the model's AlAd output and the fine-tuned teacher, on test.
+def _cosine(ctx: RunContext, model: TaskModel, window: int, prepare=None) -> float:
+    """Mean token cosine between the model's AlAd output (window K) and the fine-tuned teacher, on test.
 
     ``prepare`` may supply a frozen student's cached output (then only AlAd runs).
     """
     cache, teacher_rows = ctx.features.cache("test"), ctx.features.teacher_rows("test")
-    gap = model.adapter.window // 2 if tasks.packs_alignment(ctx.cfg, teacher_rows.level) else None
-    batches = tasks.alignment_eval_batches(ctx.task.text_rows("test"), ctx.cfg, gap)
+    test_batches = batches.for_alignment(ctx.cfg, window, teacher_rows.level).eval(ctx.task.text_rows("test"))
     # At word level: per word (the cache holds the teacher's word means at the student's tokens).
     words = lambda batch: teacher_rows.add_to_batch(batch, teacher_ids=False)
-    return measure.token_cosine_to_teacher(model, batches, cache, prepare, with_words=words)
+    return measure.token_cosine_to_teacher(model, test_batches, cache, prepare, with_words=words)

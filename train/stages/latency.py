@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alad_jax.inference.saved_model import load_aligned_model
-from alad_train import measure, tasks
+from alad_train import batches, measure
 from alad_train.context import RunContext
 
 
@@ -12,10 +12,10 @@ def latencies(ctx: RunContext, names: list[str]) -> dict:
     same test rows."""
     cfg, qa = ctx.cfg, ctx.cfg.task == "qa"
     shape = (cfg.eval_batch_size, cfg.max_length)
-    first = {task_name: measure.latency_batch(tasks.alignment_eval_batches(task.text_rows("test"), cfg)[0],
-                                              shape, qa=qa)
+    bucketed = batches.bucketed(cfg)
+    first = {task_name: measure.latency_batch(bucketed.eval(task.text_rows("test"))[0], shape, qa=qa)
              for task_name, task in (("student", ctx.task), ("teacher", ctx.teacher_task))}
-    batches = {name: first["teacher" if name == ctx.teacher.row_name() else "student"] for name in names}
+    row_batches = {name: first["teacher" if name == ctx.teacher.row_name() else "student"] for name in names}
     row_models = {name: load_aligned_model(ctx.workdir / "models" / name, impl=cfg.adapter_impl).model
                   for name in names}
-    return measure.interleaved_latency(row_models, batches, runs=cfg.latency_batches, qa=qa)
+    return measure.interleaved_latency(row_models, row_batches, runs=cfg.latency_batches, qa=qa)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alad_jax.models import hub
 from alad_jax.models.task_model import TaskModel
-from alad_train import align, cases, own_teacher
+from alad_train import align, batches, cases, own_teacher
 from alad_train.context import RunContext
 from alad_train.files import jsonable
 from alad_train.plan import Step
@@ -19,11 +19,12 @@ def teacher(ctx: RunContext, step: Step) -> dict:
         used = {t for split in task.sentences.values() for s in split for t in s.tags or ()}
         head, note = own_teacher.load_head(cfg, task.vocab.labels, used, encoder.config.hidden_size)
         best = TaskModel(encoder, head, train_encoder=False)
-        row = jsonable({**own_teacher.score_as_is(case.row_name(), best, task), "note": note})
+        row = jsonable({**own_teacher.score_as_is(case.row_name(), best, task, batches.for_finetune(cfg, None)),
+                        "note": note})
         save_model(ctx, case.row_name(), best, case, row, model_name=cfg.teacher, task=task)
         return row
     head = ctx.task.make_head(encoder.config.hidden_size, align.stage_seed(cfg, case.row_name() + "_head"))
     model = TaskModel(encoder, head, train_encoder=case.trains_encoder)
-    row, best = train_and_score(ctx, case.row_name(), model, case, task=task)
+    row, best = train_and_score(ctx, case.row_name(), model, case, None, task=task)
     save_model(ctx, case.row_name(), best, case, row, model_name=cfg.teacher, task=task)
     return row
