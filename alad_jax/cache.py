@@ -150,7 +150,7 @@ def _encode_rows(encoder: nnx.Module, rows: Sequence[np.ndarray], token_types: S
     run in ``matmul_dtype`` (:func:`alad_jax.models.precision.step_graphdef`).
     """
     graphdef, state = nnx.split(encoder)
-    graphdef = precision.step_graphdef(graphdef, state, matmul_dtype=matmul_dtype)
+    graphdef = precision.step_graphdef(graphdef, state, matmul_dtype=matmul_dtype, adapter_impl=None)  # no AlAd
     lengths = np.array([len(r) for r in rows], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     if out is None:

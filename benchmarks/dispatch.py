@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from alad_jax import sharding
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
 from alad_train import cases, models

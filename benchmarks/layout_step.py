@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx
 from alad_jax import sharding
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.models import hub
 from alad_jax.models.task_model import TaskModel
 from alad_train import cases, tasks

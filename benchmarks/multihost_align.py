@@ -38,7 +38,7 @@ def main() -> int:
     import jax
     from flax import nnx
 
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.data import sources, splits, tagging
     from alad_jax.models import compress, hub
     from alad_train import cases, models, tasks

@@ -20,8 +20,8 @@ from pathlib import Path
 import jax
 
 from alad_jax import sharding
-from alad_jax.config import load_config
-from alad_train import cases, models
+from alad_train.config import load_config
+from alad_train import models
 from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
 from alad_train.loop import make_optimizer
 from alad_train.state import train_state_of

@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--only", default="teacher,align_uncached")
     args = parser.parse_args()
 
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_train import cases, models
     from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
     from alad_train.loop import make_optimizer

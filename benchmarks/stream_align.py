@@ -69,10 +69,10 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
 
     from alad_jax import distributed, sharding
     from alad_jax.cache import HiddenCache
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.data import batching, sources, stream, tagging
     from alad_jax.models import compress, hub
-    from alad_train import align, cases, models, tasks
+    from alad_train import align, batches, cases, models
     from alad_train.loop import Objective, fit
 
     distributed.initialize()  # several local processes when ALAD_NUM_PROCESSES is set, else a no-op
@@ -111,8 +111,9 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
         if mode == "memory":
             objective = Objective(models.AlignModel(student, teacher, adapter), cases.ALIGNMENT_TRAINS,
                                   models.align_loss)
-            batches_for_epoch, prepare = (lambda epoch: tasks.alignment_batches(train_rows, cfg, stage, epoch)), None
-            val_batches = tasks.alignment_eval_batches(val_rows, cfg)
+            strategy = batches.bucketed(cfg)
+            batches_for_epoch, prepare = (lambda epoch: strategy.train(train_rows, stage, epoch, by_tokens=True)), None
+            val_batches = strategy.eval(val_rows)
             val_prepare = None
         else:  # cached: the default's packed cached steps
             buckets = batching.length_buckets(cfg.max_length)
@@ -121,9 +122,10 @@ def run_one(mode: str, corpus: str, sentences: int, steps: int, workdir: Path, o
             val_cache = HiddenCache.build(workdir / "cache", val_rows.input_ids, student, teacher, buckets=buckets,
                                           matmul_dtype=cfg.matmul_dtype)
             objective = Objective(adapter, nnx.Param, models.cached_align_loss)
-            batches_for_epoch = lambda epoch: tasks.alignment_batches(train_rows, cfg, stage, epoch, 1)
+            strategy = batches.packed(cfg, 3)  # the gap of K = 3
+            batches_for_epoch = lambda epoch: strategy.train(train_rows, stage, epoch, by_tokens=True)
             prepare, val_prepare = cache.gather, val_cache.gather
-            val_batches = tasks.alignment_eval_batches(val_rows, cfg, 1)
+            val_batches = strategy.eval(val_rows)
         prepare_s = time.perf_counter() - started
 
         def evaluate(model):

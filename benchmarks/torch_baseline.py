@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--variants", default="torch_old,torch_fused,torch_fast,torch_eager")
     args = parser.parse_args()
 
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_train import tasks
     from alad_train.bench import run as bench_run, trainer as bench_trainer
 

@@ -67,7 +67,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     from alad_jax import sharding, xla_cpu
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_train import cases, models
     from alad_train.bench import effort as bench_effort, run as bench_run, steps as bench_steps
     from alad_train.loop import make_optimizer

@@ -157,7 +157,7 @@ MUTATIONS = (
     ),
     Mutation(
         "stage-2-starts-fresh", "continual alignment builds a new AlAd instead of importing stage 1's",
-        (("train/pipeline.py", '        if stage == "align":\n', '        if stage in ("align", "continual"):\n'),),
+        (("train/stages/alignment.py", '    if stage == "align":\n', '    if stage in ("align", "continual"):\n'),),
         ("tests/test_stage_chain.py",),
     ),
     Mutation(

@@ -15,7 +15,7 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 sys.path.insert(0, str(HELPERS))
 
 import align_worker  # noqa: E402
-from alad_jax.config import load_config  # noqa: E402
+from alad_train.config import load_config  # noqa: E402
 import multihost_run  # noqa: E402
 
 

@@ -81,7 +81,7 @@ def test_the_time_budget_is_process_0s_clock_so_both_processes_stop_at_the_same_
 
 
 def test_the_stream_ends_for_both_processes_at_the_first_process_end(setup):
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.data import stream
     from alad_jax.models import hub
 

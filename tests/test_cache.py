@@ -10,7 +10,7 @@ from flax import nnx
 from alad_jax import cache as cache_lib
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
-from alad_jax.config import OptimConfig, StageConfig
+from alad_train.config import OptimConfig, StageConfig
 from alad_jax.data import batching, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import EncoderConfig, build_encoder

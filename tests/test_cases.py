@@ -1,11 +1,12 @@
 """The case table: every row's recipe in one place, row names that parse back, and the run's models found by it."""
 
 import dataclasses
+import json
 
 import pytest
 from flax import nnx
 
-from alad_jax.config import StagesConfig
+from alad_train.config import StagesConfig
 from alad_jax.errors import AladError
 from alad_train import cases
 
@@ -29,19 +30,22 @@ def test_the_paper_cases_train_what_section_2_says():
     assert [c.name for c in cases.WINDOWED] == ["head", "frozen", "joint", "noalign_frozen"]
 
 
-def test_row_names_parse_back_to_their_case_and_window():
+def test_a_row_id_names_its_row_and_round_trips_through_its_record():
+    assert cases.RowId(cases.FROZEN, 3).name == "alad_w3_frozen" == cases.FROZEN.row_name(3)
+    assert cases.RowId(cases.NOALIGN, 5).name == "alad_w5_noalign_frozen"
+    assert cases.RowId(cases.PROBE).name == "student_probe" and cases.RowId(cases.TEACHER_GIVEN).name == "teacher"
     for case in cases.CASES:
-        name = case.row_name(5) if case.windowed else case.row_name()
-        parsed = cases.parse_row(name)
-        assert parsed is not None and parsed[1] == (5 if case.windowed else None)
-        if case.encoder != cases.TEACHER:  # the three teacher cases are the row "teacher"
-            assert parsed[0] is case
-    assert cases.parse_row("alad_w3_noalign_frozen") == (cases.NOALIGN, 3)
-    assert cases.parse_row("alad_w3_probe") is None  # probe has no window
-    assert cases.parse_row("something_else") is None
-    assert cases.windows_in(["teacher", "alad_w5_frozen", "alad_w3_joint", "student_probe"]) == [3, 5]
+        row = cases.RowId(case, 5 if case.windowed else None)
+        assert cases.RowId.of_record({"name": row.name, **row.record()}) == row
+    rows = [cases.RowId(cases.TEACHER_FT), cases.RowId(cases.FROZEN, 5), cases.RowId(cases.JOINT, 3),
+            cases.RowId(cases.PROBE)]
+    assert cases.windows_in(rows) == [3, 5]
     with pytest.raises(ValueError, match="needs a window"):
         cases.FROZEN.row_name()
+    with pytest.raises(ValueError, match="has no window"):
+        cases.RowId(cases.PROBE, 3)
+    with pytest.raises(AladError, match="re-run alad run"):  # a results.json row without its identity fields
+        cases.RowId.of_record({"name": "alad_w3_frozen"})
 
 
 class _Model(nnx.Module):
@@ -60,9 +64,10 @@ def test_a_cases_filter_selects_exactly_the_parts_it_trains(case):
 
 def test_model_dir_finds_the_case_not_its_lookalike(tmp_path):
     models = tmp_path / "models"
-    for name in ("alad_w3_frozen", "alad_w3_noalign_frozen", "alad_w3_joint", "alad_w5_joint"):
+    for case, k in ((cases.FROZEN, 3), (cases.NOALIGN, 3), (cases.JOINT, 3), (cases.JOINT, 5)):
+        name = cases.RowId(case, k).name
         (models / name).mkdir(parents=True)
-        (models / name / "alad.json").write_text("{}")
+        (models / name / "alad.json").write_text(json.dumps({"window": k}))  # a saved model records its AlAd's K
     assert cases.model_dir(tmp_path, "frozen") == models / "alad_w3_frozen"
     assert cases.model_dir(tmp_path, "noalign_frozen") == models / "alad_w3_noalign_frozen"
     assert cases.model_dir(tmp_path, "joint", window=5) == models / "alad_w5_joint"
@@ -84,7 +89,7 @@ def test_only_the_cases_that_start_from_stage_2_need_the_alignment_stages():
 
 def test_config_default_selects_every_case():
     """The embedded default stays the full comparison."""
-    from alad_jax.config import Config
+    from alad_train.config import Config
 
     assert Config().cases == ["all"] and cases.selected(Config().cases) == cases.SELECTABLE
     assert cases.selected(["probe", "student_ft", "head", "frozen", "joint", "noalign_frozen"]) == cases.SELECTABLE

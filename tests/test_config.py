@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from alad_jax.config import Config, dump_toml, load_config, parse_value
+from alad_train.config import Config, dump_toml, load_config, parse_value
 from alad_jax.errors import AladError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Discoverable configuration: docs/config.md is generated from alad_jax/config.py (every key, its default and
+"""Discoverable configuration: docs/config.md is generated from train/config.py (every key, its default and
 its meaning) and up to date; ``alad run --help`` points to it; ``alad --version``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_train import cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from alad_jax import sharding
-from alad_jax.config import OptimConfig, StageConfig
+from alad_train.config import OptimConfig, StageConfig
 from alad_train.loop import Objective, fit, make_optimizer
 
 LR = 1e-3

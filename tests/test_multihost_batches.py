@@ -47,7 +47,7 @@ LAYOUTS = [(1, 1), (2, 1), (1, 4), (2, 2)]  # (processes, devices of all process
 def small_task():
     """The issue's real command's train split: 64 Porttinari sentences, whose packing rounds 16 x 48 / 64 = 12 and
     32 x 48 / 64 = 24 (gap 0) and 23 (gap 1): the counts that broke when the layout rounded them."""
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.models import hub
     from alad_train import tasks
 
@@ -98,19 +98,21 @@ def _same_run(batches_by_layout: dict) -> None:
 
 
 def _fresh_train_batches(task, stage, epoch: int, gap: int) -> list[dict]:
-    """``task.train_batches`` as a new process computes them (nothing remembered from another layout)."""
-    task._packed_rows.clear()
-    return task.train_batches(stage, epoch, gap)
+    """``task.train_batches`` as a new process computes them (nothing remembered from another layout), for an AlAd
+    whose window needs ``gap`` (K = 2 gap + 1)."""
+    from alad_train import batches
+
+    batches._rows_per_batch.cache_clear()
+    return task.train_batches(stage, epoch, batches.for_finetune(task.cfg, 2 * gap + 1))
 
 
 @pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("batch_size,gap", [(16, 0), (32, 0), (32, 1)])
 def test_every_process_and_device_layout_trains_on_the_same_global_batches(small_task, monkeypatch, packing,
                                                                              batch_size, gap):
-    from alad_jax.config import StageConfig
+    from alad_train.config import StageConfig
 
     small_task.cfg.packing = packing
-    small_task._packed_rows.clear()
     stage = StageConfig(batch_size=batch_size)
     try:
         for epoch in (0, 3):
@@ -118,16 +120,18 @@ def test_every_process_and_device_layout_trains_on_the_same_global_batches(small
                                                monkeypatch) for layout in LAYOUTS})
     finally:
         small_task.cfg.packing = True
-        small_task._packed_rows.clear()
 
 
 @pytest.mark.parametrize("gap", [1, None])
 def test_every_layout_aligns_on_the_same_global_batches(small_task, monkeypatch, gap):
-    from alad_jax.config import StageConfig
-    from alad_train import tasks
+    from alad_train.config import StageConfig
+    from alad_train import batches
 
+    cfg = small_task.cfg
+    strategy = batches.bucketed(cfg) if gap is None else batches.Packed(cfg.max_length, cfg.eval_batch_size,
+                                                                        cfg.seed, gap)
     stage = StageConfig(batch_size=0, token_budget=700)
     rows = small_task.text_rows("train")
     for epoch in (0, 2):
-        _same_run({layout: _global_batches(lambda: tasks.alignment_batches(rows, small_task.cfg, stage, epoch, gap),
+        _same_run({layout: _global_batches(lambda: strategy.train(rows, stage, epoch, by_tokens=True),
                                            layout, monkeypatch) for layout in LAYOUTS})

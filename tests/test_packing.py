@@ -15,7 +15,8 @@ from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter
 from alad_jax.cache import HiddenCache
-from alad_jax.config import load_config
+from alad_train.batches import Bucketed, Packed, for_alignment, for_finetune
+from alad_train.config import load_config
 from alad_jax.data import batching
 from alad_jax.data.tagging import IGNORE_INDEX, TaggingFeatures
 from alad_jax.errors import AladError
@@ -192,7 +193,10 @@ def test_packed_alad_outputs_need_the_gap_and_equal_the_padded_batch(task, stude
             assert error < 2e-5 * scale, (gap, error)
         else:  # a window reaches into the next sentence
             assert error > 1e-3 * scale, (gap, error)
-    assert tasks.pack_gap(model) == window // 2 and tasks.pack_gap(TaskModel(student, model.head)) == 0
+    # the strategy a case of window K trains and evaluates with carries that gap; without an AlAd, none
+    assert for_finetune(task.cfg, window) == Packed(task.cfg.max_length, task.cfg.eval_batch_size, task.cfg.seed,
+                                                    gap=window // 2)
+    assert for_finetune(task.cfg, None).gap == 0
 
 
 def test_packed_loss_and_gradients_equal_the_padded_batch(task, student):
@@ -238,13 +242,16 @@ def test_cache_gathers_packed_positions(task, teacher, student, tmp_path):
 
 def test_packed_evaluation_scores_equal_the_bucketed_ones(task, student):
     model = _task_model(student, 3)
-    packed_score, packed_metrics = task.evaluate(model, "dev")
+    packed = for_finetune(task.cfg, 3)
+    packed_score, packed_metrics = task.evaluate(model, "dev", packed)
     plain_cfg = load_config(None, ["packing=false"])
+    plain = for_finetune(plain_cfg, 3)
+    assert isinstance(packed, Packed) and isinstance(plain, Bucketed)
     plain_task = tasks.TaggingTask(plain_cfg, task.tokenizer, task.sentences, task.features, task.vocab, [])
-    plain_score, plain_metrics = plain_task.evaluate(model, "dev")
+    plain_score, plain_metrics = plain_task.evaluate(model, "dev", plain)
     assert packed_metrics == plain_metrics and 0 < packed_score < 1
-    assert {b["input_ids"].shape for b in task.eval_batches("dev", 1)} == {(32, 64)}
-    assert len(plain_task.eval_batches("dev")) > len(task.eval_batches("dev", 1))
+    assert {b["input_ids"].shape for b in task.eval_batches("dev", packed)} == {(32, 64)}
+    assert len(plain_task.eval_batches("dev", plain)) > len(task.eval_batches("dev", packed))
 
 
 def test_packed_cached_alignment_loss_and_sums_equal_the_padded_batch(task, teacher, student, tmp_path):
@@ -262,11 +269,13 @@ def test_packed_cached_alignment_loss_and_sums_equal_the_padded_batch(task, teac
     np.testing.assert_allclose(np.asarray(sums_packed), np.asarray(sums_plain), rtol=1e-5)
     # The stages pack only what the cache can gather by position: token-level targets.
     cfg = load_config(None, [])
-    assert tasks.packs_alignment(cfg, "same") and tasks.packs_alignment(cfg, "token")
-    assert not tasks.packs_alignment(cfg, "word")
-    assert not tasks.packs_alignment(load_config(None, ["cache_features=false"]), "same")
-    assert not tasks.packs_alignment(load_config(None, ["packing=false"]), "same")
+    assert for_alignment(cfg, 3, "same") == for_alignment(cfg, 3, "token") == Packed(
+        cfg.max_length, cfg.eval_batch_size, cfg.seed, gap=1)
+    assert isinstance(for_alignment(cfg, 3, "word"), Bucketed)
+    assert isinstance(for_alignment(load_config(None, ["cache_features=false"]), 3, "same"), Bucketed)
+    assert isinstance(for_alignment(load_config(None, ["packing=false"]), 3, "same"), Bucketed)
     budget = cfg.stages.continual.token_budget
-    batches = tasks.alignment_batches(task.features["train"], cfg, cfg.stages.continual, 0, gap=1)
-    (shape,) = {b["input_ids"].shape for b in batches}  # one shape, at most token_budget positions
+    packed_batches = for_alignment(cfg, 3, "same").train(task.features["train"], cfg.stages.continual, 0,
+                                                          by_tokens=True)
+    (shape,) = {b["input_ids"].shape for b in packed_batches}  # one shape, at most token_budget positions
     assert shape[1] == 64 and budget // 128 < shape[0] <= budget // 64

@@ -24,13 +24,14 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
-from alad_train import pipeline, predictions
+from alad_train import cases, pipeline, predictions
+from alad_train.context import Progress
 from alad_train.report import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,8 @@ def test_results_carry_paired_intervals_for_every_comparison(finished):
         assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["unit"] == "sentences" and c["resamples"] == 10_000
         assert c["verdict"] == ("better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else
                                 "no detectable difference")
-    assert on_disk == {**on_disk, **statistics.run_intervals(workdir, "pos", list(test))}  # seeded: reproducible
+    assert on_disk == {**on_disk, **statistics.run_intervals(
+        workdir, "pos", [cases.RowId.of_record(r) for r in on_disk["rows"]])}  # seeded: reproducible
     assert {g["row"] for g in on_disk["gap_recovered"]} == set(ROWS) - {"teacher", "student_probe"}
     assert "paired bootstrap 95% interval" in (workdir / "results.md").read_text()
 
@@ -352,12 +354,12 @@ def test_changed_config_in_existing_workdir_is_refused(finished, tiny):
 def test_a_resumed_stage_total_counts_the_interrupted_sessions_training(tmp_path):
     """5 s trained before a kill + 0.2 s after: the stage took at least 5.2 s, not this session's 0.2 s."""
     cfg = load_config(None, [])
-    stage = pipeline.Pipeline(cfg, pipeline.prepare_workdir(tmp_path / "run", cfg))
+    progress = Progress(pipeline.prepare_workdir(tmp_path / "run", cfg), keep_checkpoints=False)
 
     def resumed_training():
         time.sleep(0.2)
         return {"steps": 10, "train_seconds": 5.2, "resumed_seconds": 5.0}
 
-    record = stage.stage("teacher", resumed_training)
+    record = progress.record("teacher", resumed_training)
     assert record["wall_seconds"] >= record["train_seconds"] == 5.2
     assert "resumed_seconds" not in record

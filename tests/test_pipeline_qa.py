@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import qa
 from alad_jax.inference import load_aligned_model
 from alad_jax.inference.predictor import QAPredictor

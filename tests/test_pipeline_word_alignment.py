@@ -18,7 +18,7 @@ import transformers
 from flax import nnx
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data.packaged import packaged_path
 from alad_jax.errors import AladError
 from alad_jax.models.config import EncoderConfig

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_train import cases, plan
 
 

@@ -63,8 +63,10 @@ def _joint_like(seed=0):
 def test_step_graphdef_switches_every_linear_and_leaves_the_model_alone():
     model = _joint_like()
     graphdef, state = nnx.split(model)
-    assert precision.step_graphdef(graphdef, state, matmul_dtype="float32") is graphdef
-    bf16 = nnx.merge(precision.step_graphdef(graphdef, state, matmul_dtype="bfloat16"), state)
+    assert precision.step_adapter_impl("float32") is None and precision.step_adapter_impl("bfloat16") == "explicit"
+    assert precision.step_graphdef(graphdef, state, matmul_dtype="float32", adapter_impl=None) is graphdef
+    bf16 = nnx.merge(precision.step_graphdef(graphdef, state, matmul_dtype="bfloat16",
+                                             adapter_impl=precision.step_adapter_impl("bfloat16")), state)
     linears = [m for _, m in nnx.iter_graph(bf16) if isinstance(m, nnx.Linear)]
     assert len(linears) == 3 and all(m.dot_general is precision.bf16_dot_general for m in linears)
     assert bf16.layers[1].impl == "explicit"  # the convolution form has no bfloat16 path
@@ -75,7 +77,19 @@ def test_step_graphdef_switches_every_linear_and_leaves_the_model_alone():
     bf16_out = np.asarray(bf16.layers[1](bf16.layers[0](x), mask))
     assert 0 < np.abs(bf16_out - f32_out).max() < 0.02 * np.abs(f32_out).max()
     with pytest.raises(AladError, match="matmul_dtype='float16' is unknown"):
-        precision.step_graphdef(graphdef, state, matmul_dtype="float16")
+        precision.step_graphdef(graphdef, state, matmul_dtype="float16", adapter_impl=None)
+
+
+def test_the_adapter_form_of_a_step_is_the_callers_choice():
+    """float32 with a named form switches the AlAd (and nothing else); bfloat16 refuses the fused form."""
+    model = _joint_like()
+    graphdef, state = nnx.split(model)
+    explicit = nnx.merge(precision.step_graphdef(graphdef, state, matmul_dtype="float32", adapter_impl="explicit"),
+                         state)
+    assert explicit.layers[1].impl == "explicit" and model.layers[1].impl == "fused"
+    assert explicit.layers[0].dot_general is not precision.bf16_dot_general
+    with pytest.raises(AladError, match="adapter_impl='fused' cannot run under matmul_dtype='bfloat16'"):
+        precision.step_graphdef(graphdef, state, matmul_dtype="bfloat16", adapter_impl="fused")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +119,8 @@ def test_a_bf16_minilm_train_step_stays_within_tolerance_of_float32(encoders, ca
     batch, key = _batch(encoder.config.vocab_size), jax.random.key(5)
 
     def loss_and_grads(matmul_dtype):
-        step_def = precision.step_graphdef(graphdef, params, rest, matmul_dtype=matmul_dtype)
+        step_def = precision.step_graphdef(graphdef, params, rest, matmul_dtype=matmul_dtype,
+                                           adapter_impl=precision.step_adapter_impl(matmul_dtype))
         loss = lambda p: models.tagging_loss(nnx.merge(step_def, p, rest), batch, key)[0]  # noqa: E731
         return jax.jit(jax.value_and_grad(loss))(params)
 

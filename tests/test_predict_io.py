@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import readers, sources
 from alad_jax.errors import AladError
 from alad_jax.inference import Predictor, export_predictor, save_aligned_model

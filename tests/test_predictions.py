@@ -8,7 +8,7 @@ import pytest
 from alad_jax.data.readers import Answer, QAExample
 from alad_jax.errors import AladError
 from alad_jax.metrics import squad_v2_scores, tagging_scores
-from alad_train import predictions
+from alad_train import cases, predictions
 from alad_train.report import statistics
 
 NER = [
@@ -65,7 +65,10 @@ def test_intervals_from_saved_files_compare_the_alignment_rows(tmp_path):
     rows = {"student_probe": (2, 2), "alad_w3_frozen": (4, 4), "alad_w3_noalign_frozen": (4, 2)}
     for name, right in rows.items():
         predictions.write(tmp_path, name, "test", task="pos", records=records(right), score=sum(right) / 8)
-    out = statistics.run_intervals(tmp_path, "pos", [*rows, "student_ft"])
+    ids = [cases.RowId(cases.PROBE), cases.RowId(cases.FROZEN, 3), cases.RowId(cases.NOALIGN, 3),
+           cases.RowId(cases.STUDENT_FT)]
+    assert [row.name for row in ids[:3]] == list(rows)
+    out = statistics.run_intervals(tmp_path, "pos", ids)
     by_pair = {(c["a"], c["b"]): c for c in out["comparisons"]}
     assert list(by_pair) == [("alad_w3_frozen", "student_probe"), ("alad_w3_frozen", "alad_w3_noalign_frozen")]
     vs_probe = by_pair["alad_w3_frozen", "student_probe"]

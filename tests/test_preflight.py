@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alad_jax.config import dump_toml, load_config
+from alad_train.config import dump_toml, load_config
 from alad_jax.errors import AladError
 from alad_train import pipeline
 from alad_train.preflight import preflight

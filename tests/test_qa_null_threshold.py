@@ -16,7 +16,8 @@ import pytest
 from flax import nnx
 
 from alad_jax.adapter import AlignmentAdapter
-from alad_jax.config import load_config
+from alad_train.batches import bucketed
+from alad_train.config import load_config
 from alad_jax.data import qa
 from alad_jax.data.readers import Answer, QAExample
 from alad_jax.errors import AladError
@@ -107,7 +108,7 @@ def _save(model, tokenizer, path, threshold_json):
 def test_saved_qa_model_answers_as_the_task_scored(kind, model, tokenizer, tmp_path):
     examples = _dev(kind, model, tokenizer)
     task = _task(tokenizer, examples)
-    _, scores = task.evaluate(model, "test")
+    _, scores = task.evaluate(model, "test", bucketed(task.cfg))  # QA batches question windows as they are
     spans, diffs = task._answers(model, "test")
     threshold = qa.best_null_threshold(examples, diffs, spans)
     scored = qa.apply_null_threshold(spans, diffs, threshold)

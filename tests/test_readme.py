@@ -30,7 +30,7 @@ from alad_jax.adapter import AlignmentAdapter, export_reference, import_referenc
 from alad_jax.data.tagging import UPOS_LABELS
 from alad_jax.errors import AladError
 from alad_jax.inference import save_aligned_model
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.models import EncoderConfig, TaggingHead, build_encoder, hub
 from alad_train import cli
 

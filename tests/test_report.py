@@ -15,6 +15,7 @@ from tensorboardX.record_writer import masked_crc32c
 
 from alad_jax.errors import AladError
 from alad_jax.metrics import bootstrap
+from alad_train import cases
 from alad_train.report import (
     ScalarLogger,
     statistics,
@@ -30,8 +31,15 @@ CHECKER = Path(__file__).resolve().parents[2] / "shared" / "check_results.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _identity(name):
+    """The (case, window) fields of a row of these fixtures, from the case table."""
+    rows = [cases.RowId(c) for c in cases.CASES if not c.windowed]
+    rows += [cases.RowId(c, k) for c in cases.WINDOWED for k in (1, 3, 5)]
+    return next(row.record() for row in rows if row.name == name)
+
+
 def _row(name, dev, test, total=22_700_000, trainable=1_000, adapter=0, latency=2.0, cosine=None, **extra):
-    return {"name": name, "dev": dev, "test": test,
+    return {"name": name, **_identity(name), "dev": dev, "test": test,
             "params": {"total": total, "trainable": trainable, "adapter": adapter},
             "latency_ms": latency, "cosine": cosine, **extra}
 

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from alad_jax.config import MINILM, load_config
+from alad_train.config import MINILM, load_config
 from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.data.tagging import UPOS_LABELS
@@ -28,6 +28,7 @@ from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
 from alad_train import cases, own_teacher, pipeline
+from alad_train.stages import common
 
 STAGES = ("teacher", "head", "frozen", "joint", "probe", "student_ft")
 
@@ -75,17 +76,17 @@ def tiny(tmp_path_factory, xla_cache):
 
 
 class _FitLog:
-    """Wraps the pipeline's ``fit``: the names of the stages that trained."""
+    """Wraps the stages' ``fit``: the names of the stages that trained."""
 
     def __init__(self, monkeypatch):
         self.names = []
-        real = pipeline.fit
+        real = common.fit
 
         def fit(*args, name, **kwargs):
             self.names.append(name)
             return real(*args, name=name, **kwargs)
 
-        monkeypatch.setattr(pipeline, "fit", fit)
+        monkeypatch.setattr(common, "fit", fit)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import batching, sources
 from alad_jax.errors import AladError
 from alad_jax.models import hub

@@ -20,8 +20,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from alad_jax.adapter import export_reference
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_train import pipeline
+from alad_train.stages import common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
@@ -38,7 +39,7 @@ def started_from(tmp_path_factory):
     overrides = mh.arguments(root / "inputs", "pos") + [f"stages.{s}.epochs=1" for s in STAGES]
     workdir = root / "run"
     starts: dict[str, dict[str, np.ndarray]] = {}
-    real_fit = pipeline.fit
+    real_fit = common.fit
 
     def spy(objective, *, name, **kwargs):
         model = objective.model
@@ -50,7 +51,7 @@ def started_from(tmp_path_factory):
         return real_fit(objective, name=name, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "fit", spy)
+    mp.setattr(common, "fit", spy)
     try:
         pipeline.run(load_config(None, overrides), workdir)
     finally:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alad_jax.config import OptimConfig, StageConfig
+from alad_train.config import OptimConfig, StageConfig
 from alad_jax.sharding import MeshConfig, make_mesh
 from alad_train import loop, state
 

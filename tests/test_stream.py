@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import stream, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import hub

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.data import stream, tagging
 from alad_jax.data.readers import TaggedSentence
 from alad_jax.models import hub

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from alad_jax.config import load_config
+from alad_train.config import load_config
 from alad_jax.models import hub
 from alad_train import tasks
 

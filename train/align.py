@@ -27,11 +27,12 @@ from flax import nnx
 
 from alad_jax import distributed, sharding
 from alad_jax.adapter import AlignmentAdapter, export_reference, import_reference
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.data import stream, tagging, teacher_inputs
 from alad_jax.errors import AladError
 from alad_jax.models import compress, hub
-from alad_train import cases, models, tasks
+from alad_train import cases, models
+from alad_train.batches import packed
 from alad_train.loop import Objective, fit
 from alad_train.files import atomic_write_text, jsonable
 from alad_train.workdir import prepare_workdir
@@ -103,7 +104,7 @@ def train_streamed(cfg: Config, *, name: str, student: nnx.Module, teacher: nnx.
         raise AladError("the stage-1 stream gave no validation sentence; set corpus.val_sentences above 0")
     val_rows = tagging.encode_tagging(val, tokenizer, None, max_length=cfg.max_length, stride=cfg.stride)
     gap = adapter.window // 2
-    val_batches = tasks.alignment_eval_batches(val_rows, cfg, gap)
+    val_batches = packed(cfg, adapter.window).eval(val_rows)  # the stream packs its rows with the same gap
     batches = stream.AlignmentStream(
         source, tokenizer, max_length=cfg.max_length, stride=cfg.stride, gap=gap,
         rows=stream.rows_per_process(stage.token_budget, cfg.max_length, jax.process_count(), jax.device_count()),
@@ -156,7 +157,9 @@ def _checked(adapter: AlignmentAdapter, window: int, student_dim: int, teacher_d
     return adapter
 
 
-def _student(cfg: Config, workdir: Path) -> str:
+def make_student(cfg: Config, workdir: Path) -> str:
+    """The student's directory: ``cfg.student`` itself, or its first ``student_layers`` layers under
+    ``workdir/models/student`` (made once, by process 0)."""
     if cfg.student_layers <= 0:
         return cfg.student
     out = workdir / "models" / "student"
@@ -174,7 +177,7 @@ def align(cfg: Config, workdir: Path) -> dict:
     cache_dir = cfg.cache_dir or None
     stream.check_hub(stream.source_of(cfg.corpus))  # before loading anything: a bad source stops here
     teacher = hub.load_encoder(cfg.teacher, cache_dir=cache_dir)[0]
-    student_dir = _student(cfg, workdir)
+    student_dir = make_student(cfg, workdir)
     tokenizer = hub.load_tokenizer(student_dir, cache_dir=cache_dir)
     if not teacher_inputs.same_vocabulary(tokenizer, hub.load_tokenizer(cfg.teacher, cache_dir=cache_dir)):
         raise AladError(f"alad align streams token-aligned rows: {cfg.student} and {cfg.teacher} must share a "

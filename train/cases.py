@@ -3,16 +3,18 @@
 A case is one way of training a task model: which encoder it starts from,
 whether an AlAd sits on top (and which one), what moves, and which stage
 config (``config.stages.<stage>``) optimises it. Every row of ``results.json``
-is one case, for the ``windowed`` cases once per window K
-(``alad_w{K}_{case}``). Adding a case is one entry in :data:`CASES`; nothing
-else in the code names a case by its string.
+is one case, for the ``windowed`` cases once per window K: its identity is a
+:class:`RowId` ``(case, window)``, whose ``name`` (``alad_w{K}_{case}``) is what
+results.json and file names carry; nothing parses a name back. Adding a case is
+one entry in :data:`CASES`; nothing else in the code names a case by its string.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import json
 from pathlib import Path
+from typing import Iterable
 
 from flax import nnx
 
@@ -82,11 +84,44 @@ class Case:
         return self.encoder == STUDENT and not self.trains_encoder
 
     def row_name(self, window: int | None = None) -> str:
-        if not self.windowed:
-            return self.row or self.name
-        if window is None:
-            raise ValueError(f"case {self.name} needs a window K")
-        return f"alad_w{window}_{self.name}"
+        """The results row name of this case (of window K for a windowed case): ``RowId(self, window).name``."""
+        return RowId(self, window).name
+
+
+@dataclasses.dataclass(frozen=True)
+class RowId:
+    """A results row's identity: its case and, for a windowed case, its window K.
+
+    ``name`` is the string results.json, progress.json and ``models/`` carry (``alad_w3_frozen``, ``teacher``);
+    :meth:`record` the fields each results.json row stores, which :meth:`of_record` reads back.
+    """
+
+    case: Case
+    window: int | None = None
+
+    def __post_init__(self):
+        if self.case.windowed and self.window is None:
+            raise ValueError(f"case {self.case.name} needs a window K")
+        if not self.case.windowed and self.window is not None:
+            raise ValueError(f"case {self.case.name} has no window, got K={self.window}")
+
+    @property
+    def name(self) -> str:
+        if not self.case.windowed:
+            return self.case.row or self.case.name
+        return f"alad_w{self.window}_{self.case.name}"
+
+    def record(self) -> dict:
+        """``{"case": ..., "window": ...}``: the row's identity as results.json stores it."""
+        return {"case": self.case.name, "window": self.window}
+
+    @classmethod
+    def of_record(cls, row: dict) -> "RowId":
+        """The identity of a results.json row, from its stored ``case`` and ``window``."""
+        if row.get("case") not in BY_NAME:
+            raise AladError(f"results row {row.get('name')!r} has no known 'case' field ({row.get('case')!r}); it was "
+                            "written before rows carried their case and window: re-run alad run in its work directory")
+        return cls(BY_NAME[row["case"]], row.get("window"))
 
 
 TEACHER_FT = Case("teacher", "teacher", (), TEACHER, None, "the teacher, fine-tuned on the task (stage 0)")
@@ -116,9 +151,6 @@ DEFAULT = FROZEN  # what `alad predict --model WORKDIR` serves without --case
 # The alignment stages (1 and 2) train the AlAd of an AlignModel (student -> AlAd vs the frozen teacher).
 ALIGNMENT_TRAINS = param_filter("adapter")
 
-_WINDOWED_ROW = re.compile(r"alad_w(\d+)_(\w+)")
-
-
 ALL = "all"  # config key `cases`: the full comparison
 
 
@@ -139,20 +171,9 @@ def selected(names) -> tuple[Case, ...]:
     return tuple(c for c in SELECTABLE if c.name in names)
 
 
-def parse_row(name: str) -> tuple[Case, int | None] | None:
-    """``alad_w3_frozen`` -> (FROZEN, 3); ``student_probe`` -> (PROBE, None); unknown names -> None."""
-    match = _WINDOWED_ROW.fullmatch(name)
-    if match and match.group(2) in BY_NAME and BY_NAME[match.group(2)].windowed:
-        return BY_NAME[match.group(2)], int(match.group(1))
-    for case in CASES:
-        if not case.windowed and case.row_name() == name:
-            return case, None
-    return None
-
-
-def windows_in(names) -> list[int]:
-    """Window sizes K with at least one windowed row among ``names``, ascending."""
-    return sorted({parsed[1] for parsed in map(parse_row, names) if parsed and parsed[1] is not None})
+def windows_in(rows: Iterable[RowId]) -> list[int]:
+    """Window sizes K of the windowed ``rows``, ascending."""
+    return sorted({row.window for row in rows if row.window is not None})
 
 
 def by_name(name: str) -> Case:
@@ -164,29 +185,42 @@ def by_name(name: str) -> Case:
     return case
 
 
+def saved_rows(workdir: str | Path, marker: str = "alad.json") -> dict[RowId, Path]:
+    """The saved models of the windowed cases in ``workdir/models``: a directory with a ``marker`` file (alad.json)
+    is the row of window K (the window its AlAd records there) whose name it carries."""
+    models = Path(workdir) / "models"
+    if not models.is_dir():
+        raise AladError(f"{workdir} has no models/ directory; pass the --workdir of a finished alad run")
+    found = {}
+    for path in sorted(models.iterdir()):
+        if (path / marker).is_file():
+            window = json.loads((path / marker).read_text(encoding="utf-8")).get("window")
+            rows = [RowId(case, int(window)) for case in WINDOWED] if window is not None else []
+            found.update({row: path for row in rows if row.name == path.name})
+    return found
+
+
 def model_dir(workdir: str | Path, case: str = DEFAULT.name, window: int | None = None,
               marker: str = "alad.json") -> Path:
     """``workdir/models/alad_w{K}_{case}``; with ``window=None`` the only K saved for that case.
 
-    ``marker`` is the file that makes a directory a saved model.
+    ``marker`` is the file that makes a directory a saved model (and records its case and window).
     """
     chosen = by_name(case)
     models = Path(workdir) / "models"
-    if not models.is_dir():
-        raise AladError(f"{workdir} has no models/ directory; pass the --workdir of a finished alad run")
-    found = sorted(p.name for p in models.iterdir()
-                   if (p / marker).is_file() and (parsed := parse_row(p.name)) and parsed[0] is chosen)
+    saved = saved_rows(workdir, marker)
+    found = sorted((row for row in saved if row.case is chosen), key=lambda row: row.window)
     if window is not None:
-        name = chosen.row_name(window)
-        if name not in found:
-            raise AladError(f"{models / name} is not a saved model (saved for case {case!r}: {found or 'none'}); "
-                            "pick another --case/--window or finish the run")
-        return models / name
+        row = RowId(chosen, window)
+        if row not in saved:
+            raise AladError(f"{models / row.name} is not a saved model (saved for case {case!r}: "
+                            f"{[r.name for r in found] or 'none'}); pick another --case/--window or finish the run")
+        return saved[row]
     if len(found) != 1:
         if found:
-            raise AladError(f"{models}: several windows ({', '.join(found)}) for case {case!r}; pass --window K")
-        finished = sorted({parsed[0].name for p in models.iterdir()
-                           if (p / marker).is_file() and (parsed := parse_row(p.name)) and parsed[0].windowed})
+            raise AladError(f"{models}: several windows ({', '.join(r.name for r in found)}) for case {case!r}; "
+                            "pass --window K")
+        finished = sorted({row.case.name for row in saved})
         raise AladError(f"--case {case}: {models} has no saved model for it (finished: {', '.join(finished) or 'none'}); "
                         "pick one of those, or finish alad run first")
-    return models / found[0]
+    return saved[found[0]]

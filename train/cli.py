@@ -22,7 +22,7 @@ from pathlib import Path
 from alad_jax.errors import AladError
 from alad_train import cases
 
-CONFIG_REFERENCE = "docs/config.md (in the repository; generated from alad_jax/config.py)"
+CONFIG_REFERENCE = "docs/config.md (in the repository; generated from train/config.py)"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapter (AlAd) in JAX/Flax.")
@@ -132,7 +132,7 @@ def _cpu_note(matmul_dtype: str) -> None:
 
 def _run(args) -> int:
     from alad_jax import distributed
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
 
     # Before joining the others: a bad config stops every worker at once, none waits for its peers.
     seeds_flag = getattr(args, "seeds", None)

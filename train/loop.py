@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from alad_jax import distributed, sharding
 from alad_jax.checkpoints import Checkpoints
 from alad_jax.param_count import count_params
-from alad_jax.config import OptimConfig, StageConfig
+from alad_train.config import OptimConfig, StageConfig
 from alad_jax.errors import AladError
 from alad_train.state import LossFn, create_train_state
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.errors import AladError
 from alad_jax.models import hub
 from alad_jax.models.heads import TaggingHead
@@ -119,10 +119,11 @@ def load_head(cfg: Config, labels: tuple[str, ...], used: set[str], width: int) 
     return head, note
 
 
-def score_as_is(name: str, model: nnx.Module, task) -> dict:
-    """A results row for a model that trains nothing: its dev and test scores, no history."""
-    dev, dev_metrics = task.evaluate(model, "dev")
-    test, test_metrics = task.evaluate(model, "test")
+def score_as_is(name: str, model: nnx.Module, task, strategy) -> dict:
+    """A results row for a model that trains nothing: its dev and test scores (batched by ``strategy``,
+    :mod:`alad_train.batches`), no history."""
+    dev, dev_metrics = task.evaluate(model, "dev", strategy)
+    test, test_metrics = task.evaluate(model, "test", strategy)
     return {
         "name": name, "dev": dev, "test": test,
         "params": {"total": count_params(model), "trainable": 0, "adapter": 0}, "cosine": None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_train import cases
 from alad_train.cases import Case
 
@@ -43,6 +43,11 @@ class Step:
     def row(self) -> bool:
         """It produces a results row."""
         return self.case is not None
+
+    @property
+    def row_id(self) -> cases.RowId | None:
+        """The identity of the row it produces (None for alignment stages and the latency measurement)."""
+        return cases.RowId(self.case, self.window) if self.case is not None else None
 
 
 def make_plan(cfg: Config, teacher: Case) -> list[Step]:

@@ -13,7 +13,7 @@ import glob
 import json
 from pathlib import Path
 
-from alad_jax.config import Config, dump_toml
+from alad_train.config import Config, dump_toml
 from alad_jax.data import stream
 from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError

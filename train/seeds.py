@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from alad_jax import distributed
-from alad_jax.config import Config
-from alad_train import pipeline, report
+from alad_train.config import Config
+from alad_train import cases, pipeline, report
 from alad_train.report.markdown import _Numbers, still_rising
 from alad_train.workdir import prepare_workdir
 
@@ -77,7 +77,7 @@ def summarize(cfg: Config, workdir: Path, per_seed: dict[int, dict]) -> dict:
         stopping_seed = _least_finished(seed_rows, nums)
         cosines = [r["cosine"] for r in seed_rows.values()]
         row = {
-            "name": name, "dev": dev, "test": test, "dev_std": dev_std, "test_std": test_std,
+            "name": name, **{k: seed_rows[seeds[0]][k] for k in ("case", "window")}, "dev": dev, "test": test, "dev_std": dev_std, "test_std": test_std,
             "params": seed_rows[seeds[0]]["params"],
             "latency_ms": float(np.mean([r["latency_ms"] for r in seed_rows.values()])),
             "cosine": None if any(c is None for c in cosines) else float(np.mean(cosines)),
@@ -96,7 +96,7 @@ def summarize(cfg: Config, workdir: Path, per_seed: dict[int, dict]) -> dict:
                   "dev and test are means over seeds, dev_std and test_std sample standard deviations"]
                  + list(first.get("notes") or []),
         "seeds": seeds, "rows": rows, "metric_scale": first.get("metric_scale", 1),
-        **report.intervals(cfg.task, counts, seeds=seeds),
+        **report.intervals(cfg.task, counts, cases.windows_in(map(cases.RowId.of_record, rows)), seeds=seeds),
         "seed_comparisons": seed_comparisons,
         "seconds": round(sum(float(res.get("seconds") or 0) for res in per_seed.values()), 1),
         "devices": first.get("devices"), "processes": first.get("processes"),

@@ -107,7 +107,8 @@ def create_train_state(graphdef, trainable: nnx.State, frozen: nnx.State, loss_f
     """Places ``trainable`` / ``frozen`` on ``mesh`` by the sharding rules, creates the optimizer state
     already sharded, and jits the step (see the module docstring). The step's matmuls run in
     ``matmul_dtype`` (:mod:`alad_jax.models.precision`); :meth:`TrainState.model` stays float32."""
-    step_graphdef = precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype)
+    step_graphdef = precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype,
+                                            adapter_impl=precision.step_adapter_impl(matmul_dtype))
     trainable, opt_state, shardings = sharding.init_train_state(trainable, optimizer, mesh)
     frozen = sharding.put(frozen, sharding.state_shardings(frozen, mesh))
     step = make_train_step(step_graphdef, loss_fn, optimizer)

@@ -15,14 +15,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alad_jax import distributed
-from alad_jax.config import Config, StageConfig
-from alad_jax.data import batching, qa, readers, sources, splits, tagging
+from alad_train.config import Config, StageConfig
+from alad_jax.data import qa, readers, sources, splits, tagging
 from alad_jax.errors import AladError
 from alad_jax.models import task_model
 from alad_jax.models.heads import QAHead, TaggingHead
+from alad_train import batches
 from alad_train import models
 from alad_train import predictions as predictions_file
+from alad_train.batches import Batching
 
 Batch = dict[str, np.ndarray]
 
@@ -37,7 +38,6 @@ class TaggingTask:
     features: dict[str, tagging.TaggingFeatures]
     vocab: tagging.LabelVocab
     notes: list[str]
-    _packed_rows: dict = dataclasses.field(default_factory=dict, repr=False)
     _eval_batches: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -96,63 +96,42 @@ class TaggingTask:
 
     loss_fn = staticmethod(models.tagging_loss)
 
-    def train_batches(self, stage: StageConfig, epoch: int, gap: int = 0) -> list[Batch]:
-        """An epoch's batches: packed (``cfg.packing``; ``gap`` empty positions after each sentence) or bucketed."""
-        if not self.cfg.packing:
-            return _batches(self.features["train"], self.cfg, stage, epoch=epoch, shuffle=True)
-        if stage.batch_size <= 0:
-            raise AladError("packed tagging batches count sentences: set stages.*.batch_size "
-                            "(token_budget is for alignment), or packing = false")
-        key = (stage.batch_size, gap)
-        if key not in self._packed_rows:  # the same for every epoch and process layout: lengths only
-            self._packed_rows[key] = batching.packed_rows_per_batch(
-                [len(r) for r in self.features["train"].input_ids], stage.batch_size, self.cfg.max_length, gap=gap)
-        return batching.make_packed_batches(
-            self.features["train"], rows_per_batch=self._packed_rows[key], length=self.cfg.max_length, gap=gap,
-            shuffle=True, seed=self.cfg.seed, epoch=epoch, **distributed.batch_layout())
+    def train_batches(self, stage: StageConfig, epoch: int, strategy: Batching) -> list[Batch]:
+        """An epoch's batches of sentences (``stage.batch_size`` of them), as ``strategy`` makes them."""
+        return strategy.train(self.features["train"], stage, epoch, by_tokens=False)
 
-    def eval_batches(self, split: str, gap: int = 0) -> list[Batch]:
-        """A split's batches for evaluation: packed rows of ``eval_batch_size`` (one shape for every split),
-        or bucketed rows."""
-        key = (split, gap)
+    def eval_batches(self, split: str, strategy: Batching) -> list[Batch]:
+        """A split's batches for evaluation, as ``strategy`` makes them (made once per split and strategy)."""
+        key = (split, strategy)
         if key not in self._eval_batches:
-            if self.cfg.packing:
-                self._eval_batches[key] = batching.make_packed_batches(
-                    self.features[split], rows_per_batch=self.cfg.eval_batch_size, length=self.cfg.max_length,
-                    gap=gap, share_evenly=False)
-            else:
-                self._eval_batches[key] = batching.make_batches(
-                    self.features[split], batch_size=self.cfg.eval_batch_size,
-                    buckets=batching.length_buckets(self.cfg.max_length))
+            self._eval_batches[key] = strategy.eval(self.features[split])
         return self._eval_batches[key]
 
     def text_rows(self, split: str) -> tagging.TaggingFeatures:
         """The split's token rows, labels dropped (what continual alignment reads)."""
         return self.features[split]
 
-    def predict(self, model: nnx.Module, split: str, prepare=None) -> tuple[list[dict], dict]:
+    def predict(self, model: nnx.Module, split: str, strategy: Batching, prepare=None) -> tuple[list[dict], dict]:
         """Per sentence of a split: its words, gold and predicted labels (:mod:`alad_train.predictions`),
         and ``{}`` (no prediction-wide settings). What :meth:`evaluate` scores.
 
+        ``strategy``: the batching chosen for the model's case (:func:`alad_train.batches.for_finetune`);
         ``prepare(batch)`` may add cached arrays (e.g. a frozen encoder's output) to each batch.
         """
         graphdef, state = nnx.split(model)
         feats = self.features[split]
-        batches = self.eval_batches(split, pack_gap(model))
+        split_batches = self.eval_batches(split, strategy)
         outputs = [np.asarray(task_model.predict_tags(graphdef, state, prepare(batch) if prepare else batch))
-                   for batch in batches]
-        if self.cfg.packing:
-            predictions = batching.rows_from_packed(batches, outputs, len(feats.input_ids))
-        else:
-            predictions = batching.rows_from_batches(batches, outputs, len(feats.input_ids))
+                   for batch in split_batches]
+        predictions = strategy.rows(split_batches, outputs, len(feats.input_ids))
         words = tagging.stitch_predictions(feats, predictions)
         labels = self.vocab.labels
         return [{"words": list(s.words), "gold": list(s.tags), "pred": [labels[i] for i in sent]}
                 for s, sent in zip(self.sentences[split], words)], {}
 
-    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+    def evaluate(self, model: nnx.Module, split: str, strategy: Batching, prepare=None) -> tuple[float, dict]:
         """Word-level metric of ``model`` on a split: (headline score, all metrics)."""
-        return self.score(*self.predict(model, split, prepare))
+        return self.score(*self.predict(model, split, strategy, prepare))
 
     def score(self, records: list[dict], meta: dict) -> tuple[float, dict]:
         """(headline, all metrics) of :meth:`predict`'s output, by the scorer that reads saved predictions."""
@@ -160,47 +139,10 @@ class TaggingTask:
         return float(metrics[self.metric]), {**metrics, **meta}
 
 
-def pack_gap(model: nnx.Module) -> int:
-    """Empty positions a packed batch needs after each sentence for ``model``: half its AlAd's window
-    (so no window reaches into the next sentence), 0 without an AlAd."""
-    adapter = getattr(model, "adapter", None)
-    return adapter.window // 2 if adapter is not None else 0
-
-
-def _batches(features, cfg: Config, stage: StageConfig, *, epoch: int, shuffle: bool) -> list[Batch]:
-    size = {"batch_size": stage.batch_size} if stage.batch_size > 0 else {"token_budget": stage.token_budget}
-    return batching.make_batches(
-        features, **size, buckets=batching.length_buckets(cfg.max_length), shuffle=shuffle, seed=cfg.seed, epoch=epoch,
-        **distributed.batch_layout(),
-    )
-
-
-def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int, gap: int | None = None) -> list[Batch]:
-    """An alignment stage's batches: packed rows (``gap`` empty positions after each sentence: see
-    :func:`packs_alignment`) of ``token_budget // max_length`` rows, or bucketed rows (``gap=None``)."""
-    if gap is None:
-        return _batches(features, cfg, stage, epoch=epoch, shuffle=True)
-    if stage.token_budget <= 0:
-        raise AladError("packed alignment batches hold token_budget positions: set stages.align/continual.token_budget")
-    return batching.make_packed_batches(
-        features, rows_per_batch=max(stage.token_budget // cfg.max_length, 1), length=cfg.max_length, gap=gap,
-        shuffle=True, seed=cfg.seed, epoch=epoch, **distributed.batch_layout())
-
-
-def alignment_eval_batches(features, cfg: Config, gap: int | None = None) -> list[Batch]:
-    """Validation batches of an alignment stage (packed when ``gap`` is not None), and the cosine's."""
-    if gap is None:
-        return batching.make_batches(features, batch_size=cfg.eval_batch_size,
-                                     buckets=batching.length_buckets(cfg.max_length))
-    return batching.make_packed_batches(features, rows_per_batch=cfg.eval_batch_size, length=cfg.max_length, gap=gap,
-                                        share_evenly=False)
-
-
-def packs_alignment(cfg: Config, teacher_level: str) -> bool:
-    """Whether an alignment stage trains on packed rows: with ``packing``, from the feature cache (the
-    cache gathers packed positions), aligning token by token (``teacher_level`` same or token; word-level
-    targets are gathered per row)."""
-    return cfg.packing and cfg.cache_features and cfg.task != "qa" and teacher_level in ("same", "token")
+def alignment_batches(features, cfg: Config, stage: StageConfig, epoch: int) -> list[Batch]:
+    """Bucketed alignment batches of ``stage``: what ``alad bench`` and the benchmarks time (the run's stages take
+    their strategy from :func:`alad_train.batches.for_alignment`)."""
+    return batches.bucketed(cfg).train(features, stage, epoch, by_tokens=True)
 
 
 def rows_of(features) -> Sequence[np.ndarray]:
@@ -243,9 +185,9 @@ class QATask:
 
     loss_fn = staticmethod(models.qa_loss)
 
-    def train_batches(self, stage: StageConfig, epoch: int, gap: int = 0) -> list[Batch]:
+    def train_batches(self, stage: StageConfig, epoch: int, strategy: Batching) -> list[Batch]:
         """An epoch's batches of whole question windows (never packed: they fill max_length already)."""
-        del gap
+        del strategy
         if stage.batch_size <= 0:
             raise AladError("task qa batches by questions: set stages.*.batch_size (token_budget is for alignment)")
         return qa.make_qa_batches(self.features["train"], **qa.process_share(stage.batch_size, jax.device_count()),
@@ -278,12 +220,14 @@ class QATask:
         start, end = self._logits(model, split, prepare)
         return qa.postprocess_qa(self.examples[split], self.features[split], start, end, null_threshold=math.inf)
 
-    def predict(self, model: nnx.Module, split: str, prepare=None) -> tuple[list[dict], dict]:
+    def predict(self, model: nnx.Module, split: str, strategy: Batching, prepare=None) -> tuple[list[dict], dict]:
         """Per question of a split: its id, predicted answer text ("" = no answer) and gold answers, with the
         null threshold tuned on dev (on dev itself for dev); and ``{"null_threshold": ..}``.
 
-        ``prepare`` applies to the evaluated split's batches only (a cache is per split).
+        ``prepare`` applies to the evaluated split's batches only (a cache is per split); ``strategy`` is unused
+        (question windows are batched as they are).
         """
+        del strategy
         dev_spans, dev_diffs = self._answers(model, "dev", prepare if split == "dev" else None)
         threshold = qa.best_null_threshold(self.examples["dev"], dev_diffs, dev_spans)
         spans, diffs = (dev_spans, dev_diffs) if split == "dev" else self._answers(model, split, prepare)
@@ -292,9 +236,9 @@ class QATask:
                    for e in self.examples[split]]
         return records, {"null_threshold": qa.threshold_to_json(threshold)}  # strict JSON: +-inf as strings
 
-    def evaluate(self, model: nnx.Module, split: str, prepare=None) -> tuple[float, dict]:
+    def evaluate(self, model: nnx.Module, split: str, strategy: Batching, prepare=None) -> tuple[float, dict]:
         """F1 (headline) and EM in percent, with the null threshold (see :meth:`predict`)."""
-        return self.score(*self.predict(model, split, prepare))
+        return self.score(*self.predict(model, split, strategy, prepare))
 
     def score(self, records: list[dict], meta: dict) -> tuple[float, dict]:
         """(headline, all metrics) of :meth:`predict`'s output, by the scorer that reads saved predictions."""

@@ -16,7 +16,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from alad_jax import distributed
-from alad_jax.config import Config, dump_toml
+from alad_train.config import Config, dump_toml
 from alad_jax.errors import AladError
 from alad_train.files import atomic_write_text
 

@@ -31,8 +31,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from alad_jax.config import MATMUL_DTYPES
+from alad_jax.adapter.modeling import AlignmentAdapter
 from alad_jax.errors import AladError
+
+MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions
 
 
 @jax.custom_vjp
@@ -77,23 +79,32 @@ def check_matmul_dtype(dtype: str) -> str:
     return dtype
 
 
-def step_graphdef(graphdef: nnx.GraphDef, *states: nnx.State, matmul_dtype: str) -> nnx.GraphDef:
-    """The graph a train step runs: ``graphdef`` itself for float32; for bfloat16, the same module with
-    every ``nnx.Linear`` on :func:`bf16_dot_general`. Merges with the same states (``nnx.split``'s
-    graphdef does not depend on its filters); the module ``graphdef`` describes is left as it is.
+def step_adapter_impl(matmul_dtype: str) -> str | None:
+    """The AlAd form a train step in ``matmul_dtype`` runs: ``"explicit"`` under bfloat16 (windows, then fc1 as a
+    Linear: the fused form is a convolution, which has no bfloat16 path here), ``None`` under float32 (each AlAd
+    keeps the form it was built with); explicit windows into a bfloat16 fc1 beat the float32 fused step
+    (docs/speed_history.md). Pass it to :func:`step_graphdef`; ``alad bench`` times the same form."""
+    return "explicit" if check_matmul_dtype(matmul_dtype) == "bfloat16" else None
 
-    An AlAd switches to its explicit form (windows, then fc1 as a Linear): the fused form is a
-    convolution, which has no bfloat16 path here; explicit windows into a bfloat16 fc1 beat the
-    float32 fused step (docs/speed_history.md).
+
+def step_graphdef(graphdef: nnx.GraphDef, *states: nnx.State, matmul_dtype: str,
+                  adapter_impl: str | None) -> nnx.GraphDef:
+    """The graph a train step runs: for bfloat16, the module with every ``nnx.Linear`` on
+    :func:`bf16_dot_general`; every AlAd in the form ``adapter_impl`` (``"fused"`` / ``"explicit"``; ``None``:
+    as built), the caller's choice (:func:`step_adapter_impl` states the rule). float32 with ``adapter_impl=None``
+    is ``graphdef`` itself. Merges with the same states (``nnx.split``'s graphdef does not depend on its
+    filters); the module ``graphdef`` describes is left as it is.
     """
-    from alad_jax.adapter import AlignmentAdapter
-
-    if check_matmul_dtype(matmul_dtype) == "float32":
+    bfloat16 = check_matmul_dtype(matmul_dtype) == "bfloat16"
+    if bfloat16 and adapter_impl == "fused":
+        raise AladError("adapter_impl='fused' cannot run under matmul_dtype='bfloat16' (a convolution, with no "
+                        "bfloat16 path here); use 'explicit' (precision.step_adapter_impl)")
+    if not bfloat16 and adapter_impl is None:
         return graphdef
     module = nnx.merge(graphdef, *states)
     for _, node in nnx.iter_graph(module):
-        if isinstance(node, nnx.Linear):
+        if isinstance(node, nnx.Linear) and bfloat16:
             node.dot_general = bf16_dot_general
-        elif isinstance(node, AlignmentAdapter):
-            node.impl = "explicit"
+        elif isinstance(node, AlignmentAdapter) and adapter_impl is not None:
+            node.impl = adapter_impl
     return nnx.graphdef(module)

@@ -51,7 +51,7 @@ def run(root: Path, workdir: Path, extra: list[str] = (), kill_at: int | None = 
 
     from alad_jax import distributed, sharding
     from alad_jax.adapter import AlignmentAdapter
-    from alad_jax.config import load_config
+    from alad_train.config import load_config
     from alad_jax.models import hub
     from alad_train import align
 

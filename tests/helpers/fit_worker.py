@@ -22,7 +22,7 @@ from flax import nnx
 
 import tiny_task_model as tiny
 from alad_jax import sharding
-from alad_jax.config import OptimConfig, StageConfig
+from alad_train.config import OptimConfig, StageConfig
 from alad_train.loop import FitResult, Objective, fit
 
 STEPS_PER_EPOCH, EPOCHS = 5, 3

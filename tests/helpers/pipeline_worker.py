@@ -29,7 +29,7 @@ import numpy as np
 
 from alad_jax import cache
 from alad_train import cli
-from alad_train import pipeline
+from alad_train.stages import common
 
 
 def _die() -> None:
@@ -37,8 +37,8 @@ def _die() -> None:
 
 
 def record_steps(log: Path, kill_stage: str | None = None, kill_step: int = 0) -> None:
-    """Wrap the pipeline's ``fit``: log each stage's steps; die at ``kill_stage``'s ``kill_step``."""
-    real_fit = pipeline.fit
+    """Wrap the stages' ``fit``: log each stage's steps; die at ``kill_stage``'s ``kill_step``."""
+    real_fit = common.fit
 
     def fit(*args, **kwargs):
         name, steps = kwargs["name"], []
@@ -54,7 +54,7 @@ def record_steps(log: Path, kill_stage: str | None = None, kill_step: int = 0) -
             f.write(json.dumps({"stage": name, "run": run, "steps": steps}) + "\n")
         return result
 
-    pipeline.fit = fit
+    common.fit = fit
 
 
 class _NumpyDyingInSecondSave:

@@ -111,7 +111,8 @@ def train_single_device(steps: int, seed: int = 0, matmul_dtype: str = "float32"
     """
     graphdef, trainable, frozen, tx = init(seed)
     opt_state = jax.jit(tx.init)(trainable)
-    step_fn = jax.jit(make_step(precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype), tx))
+    step_fn = jax.jit(make_step(precision.step_graphdef(graphdef, trainable, frozen, matmul_dtype=matmul_dtype,
+                                                                adapter_impl=precision.step_adapter_impl(matmul_dtype)), tx))
     history = []
     for i in range(steps):
         trainable, opt_state, metrics = step_fn(trainable, frozen, opt_state, make_batch(i), step_key(i))

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from alad_jax.cache import HiddenCache
+from alad_jax.models import precision
 from alad_train import cases, models
 from alad_train.bench.effort import EPOCHS, MFU_BATCH, Effort
 from alad_train.bench.flops import adapter_flops_per_token
@@ -68,9 +69,8 @@ def adapter_step(cfg, student_dim: int, teacher_dim: int, effort: Effort) -> dic
     def adapter(impl=None):
         return models.new_adapter(cfg, student_dim, teacher_dim, window, nnx.Rngs(0), impl=impl)
 
-    chosen = adapter().impl  # "auto" resolves to one of the two forms
-    if cfg.matmul_dtype == "bfloat16":
-        chosen = "explicit"  # the bfloat16 step runs the explicit form (alad_jax.models.precision)
+    # The form the run's train step runs ("auto" resolves to one of the two; the rule is precision's).
+    chosen = precision.step_adapter_impl(cfg.matmul_dtype) or adapter().impl
     device_batch = jax.device_put(batch)
     by_impl = {}
     impls = (chosen, "explicit" if chosen == "fused" else "fused") if cfg.matmul_dtype == "float32" else (chosen,)

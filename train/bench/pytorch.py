@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.data.tagging import IGNORE_INDEX
 from alad_jax.errors import AladError
 from alad_train import cases

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from alad_jax import xla_cpu
-from alad_jax.config import Config, load_config
+from alad_train.config import Config, load_config
 from alad_jax.errors import AladError
 from alad_jax.models import compress, hub
 from alad_train import tasks

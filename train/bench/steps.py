@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alad_jax.config import Config
+from alad_train.config import Config
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
 from alad_train import cases, models

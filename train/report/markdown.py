@@ -266,7 +266,7 @@ def _what_did_it_cost(nums: _Numbers, windows: list[int]) -> list[str]:
 def render_markdown(results: dict) -> str:
     """``results.md`` for validated ``results`` (see :func:`write_results`)."""
     nums = _Numbers(results)
-    windows = cases.windows_in(list(nums.rows))
+    windows = cases.windows_in(cases.RowId.of_record(row) for row in results["rows"])
     lines = [f"# {results['task']}: {results['metric']}, teacher {results['teacher']}, "
              f"student {results['student']}", ""]
     notes = results.get("notes") or []

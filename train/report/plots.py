@@ -102,11 +102,11 @@ def plot_curves(workdir: Path, histories: dict[str, list[dict]]) -> list[Path]:
     return written
 
 
-def _colour(parsed) -> str:
+def _colour(row: cases.RowId) -> str:
     """Grey for rows without AlAd, red for the no-alignment ablation, blue for the AlAd cases."""
-    if parsed is None or not parsed[0].windowed:
+    if not row.case.windowed:
         return "0.45"
-    return "C3" if parsed[0].adapter == cases.FRESH else "C0"
+    return "C3" if row.case.adapter == cases.FRESH else "C0"
 
 
 def plot_results(workdir: Path, results: dict) -> Path:
@@ -115,7 +115,7 @@ def plot_results(workdir: Path, results: dict) -> Path:
     nums = _Numbers(data)
     names = [r["name"] for r in data["rows"]]
     values = [nums.test[n] for n in names]
-    colours = [_colour(cases.parse_row(n)) for n in names]
+    colours = [_colour(cases.RowId.of_record(r)) for r in data["rows"]]
     fig = Figure(figsize=(max(6.0, 0.9 * len(names) + 2.0), 4.5))
     ax = fig.subplots()
     bars = ax.bar(range(len(names)), values, color=colours)

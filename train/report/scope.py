@@ -25,7 +25,8 @@ def _comparisons(k: int) -> list[tuple[str, str, str]]:
 def cannot_conclude(results: dict) -> list[str]:
     """The "What this run cannot conclude" section (no lines when every comparison has both rows)."""
     names = {r["name"] for r in results["rows"]}
-    windows = sorted(set(cases.windows_in(names)) | {int(w[1:]) for w in results.get("alignment") or {}})
+    windows = sorted(set(cases.windows_in(cases.RowId.of_record(row) for row in results["rows"]))
+                     | {int(w[1:]) for w in results.get("alignment") or {}})
     lines = []
     if PROBE not in names:
         lines.append(f"- gap recovered: not computed, {PROBE} (its lower end) was not trained")

@@ -57,14 +57,14 @@ def load_counts(workdir: str | Path, task: str, names: Sequence[str]) -> dict[st
     return out
 
 
-def intervals(task: str, per_seed: Sequence[dict[str, bootstrap.UnitCounts]], *, seeds: Sequence[int] | None = None,
-              resamples: int = bootstrap.RESAMPLES) -> dict:
-    """``{"comparisons": [...], "gap_recovered": [...]}`` from each seed's row counts (one dict per seed).
+def intervals(task: str, per_seed: Sequence[dict[str, bootstrap.UnitCounts]], windows: Sequence[int], *,
+              seeds: Sequence[int] | None = None, resamples: int = bootstrap.RESAMPLES) -> dict:
+    """``{"comparisons": [...], "gap_recovered": [...]}`` from each seed's row counts (one dict per seed), comparing
+    the rows of each window K in ``windows``.
 
     Rows missing in any seed (no saved predictions) are left out of both lists.
     """
     names = [n for n in per_seed[0] if all(n in counts for counts in per_seed)]
-    windows = cases.windows_in(names)
     if not names:
         return {"comparisons": [], "gap_recovered": []}
     samples = bootstrap.resample_metrics([[counts[n] for n in names] for counts in per_seed], resamples=resamples,
@@ -95,6 +95,6 @@ def intervals(task: str, per_seed: Sequence[dict[str, bootstrap.UnitCounts]], *,
     return {"comparisons": comparisons, "gap_recovered": gaps}
 
 
-def run_intervals(workdir: str | Path, task: str, names: Sequence[str]) -> dict:
-    """:func:`intervals` of one run's saved test predictions."""
-    return intervals(task, [load_counts(workdir, task, names)])
+def run_intervals(workdir: str | Path, task: str, rows: Sequence[cases.RowId]) -> dict:
+    """:func:`intervals` of one run's saved test predictions of ``rows``."""
+    return intervals(task, [load_counts(workdir, task, [row.name for row in rows])], cases.windows_in(rows))

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from alad_jax.errors import AladError
-
-MATMUL_DTYPES = ("float32", "bfloat16")  # the train steps' matmul precisions (alad_jax.models.precision)
+from alad_jax.models.precision import MATMUL_DTYPES
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TEACHER_CLASSIFIERS = ("auto", "keep", "train")  # what happens to a fine-tuned teacher's classifier
