@@ -12,21 +12,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx
 from alad_jax import sharding
-from alad_train.config import load_config
 from alad_jax.models import hub
 from alad_jax.models.task_model import TaskModel
-from alad_train import cases, tasks
+from alad_train import cases
 from alad_train.models import IGNORE_INDEX
 from alad_train.state import create_train_state
+from issue29_batch import teacher_batch
 
 dtype, G = sys.argv[1], int(sys.argv[2])
-OV = ["data.max_train=64", "data.max_dev=32", "data.max_test=32", "corpus.max_sentences=64",
-      "corpus.val_sentences=16", f"matmul_dtype={dtype}"]
-cfg = load_config(None, OV)
-tok = hub.load_tokenizer(cfg.teacher)
-task = tasks.TaggingTask.load(cfg, tok)
-stage = cfg.stages.teacher
-batch = dict(task.train_batches(stage, 0, 0)[0])
+cfg, task, stage, batch = teacher_batch(dtype)
+batch = dict(batch)
 rows = batch["input_ids"].shape[0]
 pad = -rows % G
 for k, v in batch.items():  # empty rows up to a multiple of G

@@ -10,21 +10,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx
 from alad_jax import sharding
-from alad_train.config import load_config
 from alad_jax.models import hub
 from alad_jax.models.task_model import TaskModel
-from alad_train import cases, tasks
+from alad_train import cases
 from alad_train.loop import make_optimizer
 from alad_train.state import create_train_state
+from issue29_batch import teacher_batch
 
 dtype = sys.argv[1]
-OV = ["data.max_train=64", "data.max_dev=32", "data.max_test=32", "corpus.max_sentences=64",
-      "corpus.val_sentences=16", f"matmul_dtype={dtype}"]
-cfg = load_config(None, OV)
-tok = hub.load_tokenizer(cfg.teacher)
-task = tasks.TaggingTask.load(cfg, tok)
-stage = cfg.stages.teacher
-batch = task.train_batches(stage, 0, 0)[0]
+cfg, task, stage, batch = teacher_batch(dtype)
 print("batch", {k: v.shape for k, v in batch.items()})
 key = jax.random.fold_in(jax.random.key(0), 0)
 dev = jax.devices()
