@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from alad_train import cases
 from alad_train.report import write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,9 +27,11 @@ TABLE = _script()
 
 
 def _row(name, dev, test, trainable, adapter=0, cosine=None, wall=10.0):
-    return {"name": name, "dev": dev, "test": test, "latency_ms": 5.04, "cosine": cosine, "wall_seconds": wall,
-            "params": {"total": 22_700_000 if name == "teacher" else 12_500_000, "trainable": trainable,
-                       "adapter": adapter}}
+    identity = next(row.record() for row in (*(cases.RowId(c) for c in cases.CASES if not c.windowed),
+                                              *(cases.RowId(c, 3) for c in cases.WINDOWED)) if row.name == name)
+    return {"name": name, **identity, "dev": dev, "test": test, "latency_ms": 5.04, "cosine": cosine,
+            "wall_seconds": wall, "params": {"total": 22_700_000 if name == "teacher" else 12_500_000,
+                                             "trainable": trainable, "adapter": adapter}}
 
 
 @pytest.fixture

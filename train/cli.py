@@ -24,6 +24,8 @@ from alad_train import cases
 
 CONFIG_REFERENCE = "docs/config.md (in the repository; generated from train/config.py)"
 
+
+# Over 60 lines: one declaration per subcommand and option, in the order `alad --help` lists them.
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alad", description="Alignment Adapter (AlAd) in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -198,34 +198,40 @@ def run(cfg: Config, teacher, student, num_labels: int, reps: int, peak: float, 
         out["ratios_bf16_vs_float32"] = {name: ours[name]["tokens_per_s"] / ours32[name]["tokens_per_s"]
                                          for name in ours}
     if worker is not None:
-        theirs = {name: summary(t, tokens[name]) for name, t in times["torch"].items()}
-        autocast = {name: summary(t, tokens[name]) for name, t in times["torch_bf16_autocast"].items()}
-        # Each rep ran the two sides' steps back to back: the per-rep ratio and its spread.
-        per_rep = {name: sorted(b / a for a, b in zip(times["alad_jax"][name], times["torch"][name]))
-                   for name in ours}
-        out["steps_vs_torch"] = {
-            "batches": {"finetune": [rows, length], "alignment": list(ALIGN_BATCH)},
-            "reps": reps,
-            "tokens_per_s": {name: {"alad_jax": ours[name]["tokens_per_s"], "torch": theirs[name]["tokens_per_s"],
-                                    "torch_bf16_autocast": autocast[name]["tokens_per_s"],
-                                    "alad_jax_min_max": [ours[name]["min"], ours[name]["max"]],
-                                    "torch_min_max": [theirs[name]["min"], theirs[name]["max"]]}
-                             for name in ours},
-            "ratio_per_rep": {name: {"median": statistics.median(r), "min": r[0], "max": r[-1]}
-                              for name, r in per_rep.items()},
-            "torch": worker.version,
-            # PyTorch's fork-join OpenMP threads stall when other processes take a core, XLA's task pool less:
-            # on a loaded machine the ratios move in our favour (docs/speed_history.md): the load goes beside them.
-            "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
-            "torch_threads": worker.threads,
-            "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
-                    "of its own (in the JAX process it runs slower and more erratically); ratio = ours / theirs "
-                    "tokens/s (above 1: we are faster)",
-        }
-        # The recipe's PyTorch is float32: that is the issue's peer. Autocast is reported beside it, so a
-        # bfloat16 win over a float32 baseline is never the only number shown.
-        out["ratios_vs_torch"] = {name: ours[name]["tokens_per_s"] / theirs[name]["tokens_per_s"] for name in ours}
-        out["ratios_vs_torch_bf16_autocast"] = {name: ours[name]["tokens_per_s"] / autocast[name]["tokens_per_s"]
-                                                for name in ours}
-        out["gemm_gflops_vs_torch"] = gemm  # MFU's denominator, measured for both frameworks on this CPU
+        _vs_torch(out, times, ours, tokens, reps, worker, gemm, load_before)
     return out
+
+
+def _vs_torch(out: dict, times: dict, ours: dict, tokens: dict, reps: int, worker, gemm, load_before: float) -> None:
+    """Adds to ``out`` every step against PyTorch's (float32 and its bfloat16 autocast), rep by rep."""
+    rows, length = FINETUNE_BATCH
+    theirs = {name: summary(t, tokens[name]) for name, t in times["torch"].items()}
+    autocast = {name: summary(t, tokens[name]) for name, t in times["torch_bf16_autocast"].items()}
+    # Each rep ran the two sides' steps back to back: the per-rep ratio and its spread.
+    per_rep = {name: sorted(b / a for a, b in zip(times["alad_jax"][name], times["torch"][name]))
+               for name in ours}
+    out["steps_vs_torch"] = {
+        "batches": {"finetune": [rows, length], "alignment": list(ALIGN_BATCH)},
+        "reps": reps,
+        "tokens_per_s": {name: {"alad_jax": ours[name]["tokens_per_s"], "torch": theirs[name]["tokens_per_s"],
+                                "torch_bf16_autocast": autocast[name]["tokens_per_s"],
+                                "alad_jax_min_max": [ours[name]["min"], ours[name]["max"]],
+                                "torch_min_max": [theirs[name]["min"], theirs[name]["max"]]}
+                         for name in ours},
+        "ratio_per_rep": {name: {"median": statistics.median(r), "min": r[0], "max": r[-1]}
+                          for name, r in per_rep.items()},
+        "torch": worker.version,
+        # PyTorch's fork-join OpenMP threads stall when other processes take a core, XLA's task pool less:
+        # on a loaded machine the ratios move in our favour (docs/speed_history.md): the load goes beside them.
+        "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
+        "torch_threads": worker.threads,
+        "note": "steps of both sides alternate rep by rep on identical dense batches, PyTorch in a process "
+                "of its own (in the JAX process it runs slower and more erratically); ratio = ours / theirs "
+                "tokens/s (above 1: we are faster)",
+    }
+    # The recipe's PyTorch is float32: that is the issue's peer. Autocast is reported beside it, so a
+    # bfloat16 win over a float32 baseline is never the only number shown.
+    out["ratios_vs_torch"] = {name: ours[name]["tokens_per_s"] / theirs[name]["tokens_per_s"] for name in ours}
+    out["ratios_vs_torch_bf16_autocast"] = {name: ours[name]["tokens_per_s"] / autocast[name]["tokens_per_s"]
+                                            for name in ours}
+    out["gemm_gflops_vs_torch"] = gemm  # MFU's denominator, measured for both frameworks on this CPU

@@ -9,7 +9,7 @@
 """
 
 from alad_train.report.console import ScalarLogger, format_summary
-from alad_train.report.contract import write_results
+from alad_train.report.writing import write_results
 from alad_train.report.markdown import gap_recovered, render_markdown, still_rising
 from alad_train.report.plots import alignment_series, plot_curves, plot_results
 from alad_train.report.statistics import intervals, run_intervals

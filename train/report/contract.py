@@ -7,13 +7,11 @@ number either way.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from alad_jax.errors import AladError
-from alad_train.files import atomic_write_text
 
 TOP_KEYS = ("task", "metric", "teacher", "student", "rows")
 ROW_KEYS = ("name", "dev", "test", "params", "latency_ms", "cosine")
@@ -46,7 +44,7 @@ def _plain(value: Any, where: str, strict: bool) -> Any:
                     "pass numbers, strings, lists or dicts")
 
 
-def _headline(value: Any, metric: str, where: str) -> float:
+def headline(value: Any, metric: str, where: str) -> float:
     """The ``metric`` number of a row's ``dev`` / ``test`` (a number or a dict of metrics)."""
     if isinstance(value, dict):
         if metric not in value:
@@ -58,7 +56,7 @@ def _headline(value: Any, metric: str, where: str) -> float:
     return float(value)
 
 
-def _validated(results: dict) -> dict:
+def validated(results: dict) -> dict:
     """``results`` as plain JSON data, after checking the section 4 contract's keys and types."""
     for key in TOP_KEYS:
         if key not in results:
@@ -81,31 +79,7 @@ def _validated(results: dict) -> dict:
         contract = {k: _plain(row[k], f"{where}.{k}", strict=True) for k in ROW_KEYS}
         extras = {k: _plain(v, f"{where}.{k}", strict=False) for k, v in row.items() if k not in ROW_KEYS}
         for key in ("dev", "test"):
-            _headline(contract[key], results["metric"], f"{where}.{key}")
+            headline(contract[key], results["metric"], f"{where}.{key}")
         plain_rows.append({**contract, **extras})
     top = {k: _plain(v, k, strict=False) for k, v in results.items() if k != "rows"}
     return {**top, "rows": plain_rows}
-
-
-
-
-def write_results(workdir: Path, results: dict) -> None:
-    """Write ``workdir/results.json`` (contract, indent 2) and ``workdir/results.md``.
-
-    ``results``: ``task``, ``metric``, ``teacher``, ``student``, optional
-    ``notes`` (list of lines) and ``metric_scale``, and ``rows``, each with
-    ``name``, ``dev``, ``test`` (number or dict of metrics), ``params``
-    (``total``, ``trainable``, ``adapter``), ``latency_ms``, ``cosine``
-    (``None`` without an adapter); extra keys are kept. Raises ``AladError``
-    naming the row and key when the contract's part is missing or not finite;
-    then neither file is touched.
-    """
-    data = _validated(results)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    from alad_train.report.markdown import render_markdown  # the table is rendered from validated data
-
-    markdown = render_markdown(data)
-    atomic_write_text(workdir / "results.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(workdir / "results.md", markdown)
-

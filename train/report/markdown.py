@@ -13,7 +13,7 @@ from typing import Any
 
 from alad_jax.errors import AladError
 from alad_train import cases
-from alad_train.report.contract import _headline
+from alad_train.report.contract import headline
 from alad_train.report.scope import cannot_conclude
 
 TEACHER = cases.TEACHER_FT.row_name()
@@ -27,8 +27,8 @@ class _Numbers:
     def __init__(self, results: dict):
         self.metric = results["metric"]
         self.rows = {r["name"]: r for r in results["rows"]}
-        self.test = {n: _headline(r["test"], self.metric, f"row '{n}'.test") for n, r in self.rows.items()}
-        self.dev = dev = {n: _headline(r["dev"], self.metric, f"row '{n}'.dev") for n, r in self.rows.items()}
+        self.test = {n: headline(r["test"], self.metric, f"row '{n}'.test") for n, r in self.rows.items()}
+        self.dev = dev = {n: headline(r["dev"], self.metric, f"row '{n}'.dev") for n, r in self.rows.items()}
         scale = results.get("metric_scale")
         if scale is None:
             scale = 1.0 if all(0.0 <= v <= 1.0 for v in [*self.test.values(), *dev.values()]) else 100.0
@@ -61,7 +61,7 @@ class _Numbers:
         if std is None:
             return ""
         where = f"row '{row['name']}'.{split}_std"
-        return f" ± {self.value(_headline(std, self.metric, where))}"
+        return f" ± {self.value(headline(std, self.metric, where))}"
 
 
 STILL_RISING_POINTS = 0.2  # a row at its cap that gained this much in its last epoch had not finished

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from alad_train import cases
-from alad_train.report.contract import _validated
+from alad_train.report.contract import validated
 from alad_train.report.markdown import PROBE, TEACHER, _Numbers
 
 ALIGNMENT_PREFIXES = ("align_", "continual_")
@@ -111,7 +111,7 @@ def _colour(row: cases.RowId) -> str:
 
 def plot_results(workdir: Path, results: dict) -> Path:
     """Draw ``plots/metric_by_row.png``: test headline metric per row, teacher and probe as reference lines."""
-    data = _validated(results)
+    data = validated(results)
     nums = _Numbers(data)
     names = [r["name"] for r in data["rows"]]
     values = [nums.test[n] for n in names]
