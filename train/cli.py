@@ -10,6 +10,10 @@
     alad bench [KEY=VALUE ...]
 
 User errors print one line (``error: what, where, how to fix``) and exit 2.
+
+Each subcommand imports what it needs inside its function: ``alad --help``, ``--version`` and a config error
+answer without importing jax, flax and transformers (seconds of start-up), and ``alad predict`` never loads
+the training stack.
 """
 
 from __future__ import annotations
