@@ -10,21 +10,31 @@
     alad bench [KEY=VALUE ...]
 
 User errors print one line (``error: what, where, how to fix``) and exit 2.
-
-Each subcommand imports what it needs inside its function: ``alad --help``, ``--version`` and a config error
-answer without importing jax, flax and transformers (seconds of start-up), and ``alad predict`` never loads
-the training stack.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from pathlib import Path
 
-from alad_jax.errors import AladError
-from alad_train import cases
+# Before jax and transformers are imported below: quiet TensorFlow's C++ logging, and transformers'
+# advice to install torch (we only use its tokenizers and configs).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+
+from alad_jax import distributed, xla_cpu  # noqa: E402
+from alad_jax.errors import AladError  # noqa: E402
+from alad_jax.models import compress  # noqa: E402
+from alad_train import align, cases, export, predict, seeds  # noqa: E402
+from alad_train.bench import run as bench_run  # noqa: E402
+from alad_train.config import load_config  # noqa: E402
+from alad_train.preflight import check_run  # noqa: E402
 
 CONFIG_REFERENCE = "docs/config.md (in the repository; generated from train/config.py)"
 
@@ -110,8 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("alad-jax")
     except PackageNotFoundError:  # run from a source tree that was never installed
@@ -120,8 +128,6 @@ def _version() -> str:
 
 def _enable_compilation_cache() -> None:
     """Persist XLA compilations across runs: a resumed or repeated run skips most compile time."""
-    import jax
-
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         jax.config.update("jax_compilation_cache_dir", str(base / "alad-jax" / "xla"))
@@ -130,16 +136,11 @@ def _enable_compilation_cache() -> None:
 
 def _cpu_note(matmul_dtype: str) -> None:
     """One line on stderr where bfloat16 matmuls cannot be fast on this CPU (alad_jax.xla_cpu)."""
-    from alad_jax import xla_cpu
-
     if line := xla_cpu.startup_note(matmul_dtype):
         print(line, file=sys.stderr)
 
 
 def _run(args) -> int:
-    from alad_jax import distributed
-    from alad_train.config import load_config
-
     # Before joining the others: a bad config stops every worker at once, none waits for its peers.
     seeds_flag = getattr(args, "seeds", None)
     config = load_config(args.config, args.overrides + ([f"seeds=[{seeds_flag}]"] if seeds_flag else []))
@@ -147,16 +148,12 @@ def _run(args) -> int:
     name = Path(args.config).stem if args.config else "default"
     workdir = Path(args.workdir or Path("runs") / (f"{name}-align" if args.command == "align" else name))
     if getattr(args, "check", False):
-        from alad_train.preflight import check_run
-
         print(check_run(config, workdir))
         print("--check: nothing trained")
         return 0
     supervised = distributed.supervise([sys.executable, "-m", "alad_train.cli", *args.argv])
     if supervised is not None:  # a multi-process launch: this process only watches the one doing the run
         return supervised
-
-    from alad_train import align, seeds
 
     distributed.initialize()
     try:
@@ -179,37 +176,26 @@ def _run(args) -> int:
 
 
 def _compress(args) -> int:
-    from alad_jax.models import compress
-
     out = compress.truncate(args.source, args.layers, args.out, cache_dir=args.cache_dir)
     print(f"wrote {out} (first {args.layers} layers of {args.source})")
     return 0
 
 
 def _predict(args) -> int:
-    from alad_train import predict
-
     return predict.main(args)
 
 
 def _export(args) -> int:
-    from alad_train import export
-
     return export.main(args)
 
 
 def _bench(args) -> int:
-    from alad_train.bench import run
-
-    return run.main(args)
+    return bench_run.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a supervised run starts its worker with them
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # transformers advises installing torch on import; we only use its tokenizers and configs.
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"run": _run, "align": _run, "compress": _compress, "predict": _predict, "export": _export,
                "bench": _bench}[args.command]
     try:

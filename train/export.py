@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alad_jax.errors import AladError
+from alad_jax.inference import export, onnx_export
 from alad_jax.inference.saved_model import MODEL_JSON
 from alad_train import cases
 
@@ -29,8 +30,6 @@ def resolve_saved_model(model: str | Path, case: str, window: int | None, *, kin
 
 def main(args) -> int:
     """``alad export --model DIR_OR_WORKDIR [--case frozen] [--window K] --format onnx|jax --out PATH``."""
-    from alad_jax.inference import export, onnx_export  # jax and the ONNX writer: only once the arguments hold
-
     out = Path(args.out)
     model_dir = resolve_saved_model(args.model, args.case, args.window)
     if args.format == "onnx":

@@ -18,7 +18,8 @@ from alad_jax.data import stream
 from alad_jax.data.sources import CORPUS_FORMATS, FILE_FORMATS, resolve_source
 from alad_jax.errors import AladError
 from alad_jax.models import hub
-from alad_train import align, cases
+from alad_train import align, cases, own_teacher, plan
+from alad_train.workdir import config_conflict
 
 _WEIGHTS = (hub.SAFETENSORS, hub.SAFETENSORS_INDEX, hub.FLAX_MSGPACK)
 
@@ -119,9 +120,6 @@ def check_run(cfg: Config, workdir: Path) -> str:
 
     Trains nothing and writes nothing; raises the :class:`AladError` the run would raise at start-up.
     """
-    from alad_train import own_teacher, plan  # the plan needs the case table only; keep preflight light
-    from alad_train.workdir import config_conflict
-
     preflight(cfg)
     teacher = own_teacher.teacher_case(cfg)
     steps = plan.make_plan(cfg, teacher)
