@@ -44,9 +44,18 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
+import importlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alad_jax.data import qa
 from alad_jax.errors import AladError
+from alad_jax.inference.predictor import Predictor, QAPredictor
+from alad_jax.inference.saved_model import MODEL_JSON, STUDENT_DIR, load_aligned_model
+from alad_jax.models import hub
 
 FORMAT = "alad-onnx"
 VERSION = 1
@@ -58,8 +67,6 @@ OPSET = 21
 
 
 def _require(module: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -106,9 +113,6 @@ def check_out(out: Path, suffix: str | None) -> None:
 def serving_function(model, task: str):
     """The traced forward: ``(input_ids, attention_mask, token_type_ids)`` int32 ``[b, s]`` ->
     tagging ``(logits [b, s, labels], label_ids [b, s])``, QA ``(start [b, s], end [b, s])``."""
-    import jax.numpy as jnp
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
 
     def forward(input_ids, attention_mask, token_type_ids):
@@ -164,8 +168,6 @@ def _serving_copy(model):
       jax2onnx 0.17 cannot reshape with a symbolic length; the fused form is one Conv
       (the same numbers, tests/test_adapter.py), and that converts.
     """
-    from flax import nnx
-
     class NoDropout(nnx.Module):
         def __call__(self, x, *, deterministic: bool = True, rngs=None):
             return x
@@ -183,9 +185,6 @@ def _serving_copy(model):
 
 def convert(model, task: str, *, opset: int = OPSET):
     """An ``onnx.ModelProto`` of a TaskModel's forward (see the module docstring for inputs and outputs)."""
-    import jax
-    import jax.numpy as jnp
-
     onnx = _require("onnx")
     jax2onnx = _require("jax2onnx")
     # jax2onnx imports every plugin and logs a warning for each optional library it lacks (equinox, ...),
@@ -216,9 +215,6 @@ def convert(model, task: str, *, opset: int = OPSET):
 
 def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, *, opset: int = OPSET) -> Path:
     """Writes ``out_path`` (.onnx) and, beside it, ``alad.json`` and the tokenizer files."""
-    from alad_jax.inference.saved_model import MODEL_JSON, STUDENT_DIR, load_aligned_model
-    from alad_jax.models import hub
-
     onnx = _require("onnx")
     _require("jax2onnx")
     out = Path(out_path)
@@ -300,10 +296,6 @@ class OnnxForward:
 def onnx_predictor(path: str | os.PathLike, **options):
     """A word-level :class:`~alad_jax.inference.predictor.Predictor` (tagging) or
     :class:`~alad_jax.inference.predictor.QAPredictor` (QA) running ``path`` in onnxruntime."""
-    from alad_jax.data import qa
-    from alad_jax.inference.predictor import Predictor, QAPredictor
-    from alad_jax.models import hub
-
     info = read_info(path)
     tokenizer = hub.load_tokenizer(str(Path(path).parent))
     forward = OnnxForward(path)
