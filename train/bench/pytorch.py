@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import transformers
 
 from alad_train.config import Config
 from alad_jax.data.tagging import IGNORE_INDEX
@@ -34,7 +35,6 @@ def require_torch() -> None:
 def _bert(path: Path, *, train: bool):
     """transformers' BertModel in float32 (SDPA attention, transformers' default), in train or eval mode."""
     import torch  # the optional extra (module docstring)
-    import transformers
 
     transformers.logging.set_verbosity_error()
     model = transformers.BertModel.from_pretrained(str(path), dtype=torch.float32, add_pooling_layer=False)
@@ -136,7 +136,6 @@ def alignment_steps(cfg: Config, teacher_dir: Path, student_dir: Path):
 def finetune_steps(cfg: Config, teacher_dir: Path, student_dir: Path, num_labels: int):
     """``batch -> {case name: blocking step}``: BertModel + dropout + Linear head (+ AlAd for joint), all training."""
     import torch  # the optional extra (module docstring)
-    import transformers
 
     torch.manual_seed(cfg.seed)
     teacher_dim = transformers.BertConfig.from_pretrained(str(teacher_dir)).hidden_size
@@ -174,7 +173,6 @@ def torch_recipe(cfg: Config, teacher_dir: Path, student_dir: Path, batches: lis
                   effort: Effort) -> dict:
     """The authors' recipe: frozen BertModel teacher and student, nn.Linear adapter, AdamW, no cache."""
     import torch  # the optional extra (module docstring)
-    import transformers
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(cfg.seed)
