@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from alad_jax.inference.onnx_export import OnnxForward, convert
 from alad_jax.inference.predictor import CompiledTagger
 from alad_jax.models.heads import TaggingHead
 from alad_jax.models.task_model import TaskModel
@@ -51,7 +52,6 @@ def onnxruntime_latency(tagger: CompiledTagger, reps: dict, vocab: int) -> dict:
         import onnxruntime
     except ImportError:
         return {"note": "not measured: install the onnx extra (bash scripts/setup.sh onnx)"}
-    from alad_jax.inference.onnx_export import OnnxForward, convert  # imports onnx: optional as above
 
     started = time.perf_counter()
     proto = convert(nnx.merge(tagger.graphdef, tagger.state), "pos")
