@@ -2,7 +2,6 @@
 the stream's end, resume after SIGKILL mid-stream, and `alad align` reused by `alad run stages.align.from`."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +23,6 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     align_worker.make_inputs(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """A persistent compilation cache shared with the worker subprocesses."""
-    import jax
-
-    path = tmp_path_factory.mktemp("xla")
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    jax.config.update("jax_compilation_cache_dir", None)
 
 
 @pytest.fixture(scope="module")

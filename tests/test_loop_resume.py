@@ -9,7 +9,6 @@ The schedule decays with the optimizer's step count, so a resume that lost
 the optimizer state would end elsewhere.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +21,6 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 sys.path.insert(0, str(HELPERS))
 
 import fit_worker  # noqa: E402  (needs the helpers directory on sys.path)
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """A persistent compilation cache the worker subprocesses read: they skip recompiling the step."""
-    import jax
-
-    path = tmp_path_factory.mktemp("xla")
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    jax.config.update("jax_compilation_cache_dir", None)
 
 
 @pytest.fixture(scope="module")

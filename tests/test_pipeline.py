@@ -10,7 +10,6 @@ same results.
 """
 
 import json
-import os
 import shutil
 import time
 import signal
@@ -25,7 +24,6 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from alad_train.config import load_config
-from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
@@ -47,26 +45,8 @@ ROWS = ["teacher", "student_probe", "student_ft", "alad_w3_head", "alad_w3_froze
         "alad_w3_noalign_frozen"]
 
 
-def _blocks(name: str, start: int, stop: int) -> str:
-    text = packaged_path(name).read_text(encoding="utf-8")
-    blocks = [b for b in text.split("\n\n") if b.strip()]
-    return "\n\n".join(blocks[start:stop]) + "\n\n"
-
-
 @pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    """One persistent compilation cache for the in-process run and the `alad` subprocesses."""
-    import jax
-
-    path = tmp_path_factory.mktemp("xla")
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    jax.config.update("jax_compilation_cache_dir", None)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, xla_cache):
+def tiny(tmp_path_factory, xla_cache, packaged_blocks):
     """Tiny random teacher (H48) and student (H32) with the real MiniLM tokenizer, real UD sentences."""
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
@@ -76,8 +56,8 @@ def tiny(tmp_path_factory, xla_cache):
                                max_position_embeddings=128)
         save_encoder(build_encoder(config, rngs=nnx.Rngs(1)), root / name, tokenizer=tokenizer)
     for split, (a, b) in {"train": (0, 64), "dev": (64, 80), "test": (80, 96)}.items():
-        (root / f"{split}.conllu").write_text(_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(_blocks("petrogold", 0, 48), encoding="utf-8")
+        (root / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
+    (root / "corpus.conllu").write_text(packaged_blocks("petrogold", 0, 48), encoding="utf-8")
     overrides = [
         f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
         f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",
@@ -87,7 +67,7 @@ def tiny(tmp_path_factory, xla_cache):
         f"checkpoint_every={CHECKPOINT_EVERY}", "stages.align.token_budget=512", "stages.continual.token_budget=512",
     ] + [f"stages.{s}.batch_size=16" for s in ("teacher", "head", "frozen", "joint", "probe", "student_ft")] \
       + [f"stages.{s}.epochs={n}" for s, n in EPOCHS.items()] + [f"stages.{s}.lr={lr}" for s, lr in LR.items()]
-    return root, overrides, {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(xla_cache), "PYTHONUNBUFFERED": "1"}
+    return root, overrides, dict(xla_cache)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from flax import nnx
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from alad_train.config import load_config
-from alad_jax.data.packaged import packaged_path
 from alad_jax.errors import AladError
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
@@ -44,13 +43,8 @@ def _characters():
         bos_token="<s>", eos_token="</s>")
 
 
-def _blocks(name: str, start: int, stop: int) -> str:
-    blocks = [b for b in packaged_path(name).read_text(encoding="utf-8").split("\n\n") if b.strip()]
-    return "\n\n".join(blocks[start:stop]) + "\n\n"
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, packaged_blocks):
     root = tmp_path_factory.mktemp("tiny")
     minilm = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
     student = EncoderConfig(model_type="bert", vocab_size=minilm.vocab_size, hidden_size=32, num_layers=1,
@@ -62,8 +56,8 @@ def tiny(tmp_path_factory):
                             pad_token_id=1, relative_attention_num_buckets=32)
     save_encoder(build_encoder(teacher, rngs=nnx.Rngs(2)), root / "teacher", tokenizer=characters)
     for split, (a, b) in {"train": (0, 32), "dev": (32, 44), "test": (44, 56)}.items():
-        (root / f"{split}.conllu").write_text(_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(_blocks("petrogold", 0, 32), encoding="utf-8")
+        (root / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
+    (root / "corpus.conllu").write_text(packaged_blocks("petrogold", 0, 32), encoding="utf-8")
     overrides = [
         f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
         f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",

@@ -19,7 +19,6 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from alad_train.config import MINILM, load_config
-from alad_jax.data.packaged import packaged_path
 from alad_jax.data.readers import read_conllu
 from alad_jax.data.tagging import UPOS_LABELS
 from alad_jax.errors import AladError
@@ -33,25 +32,8 @@ from alad_train.stages import common
 STAGES = ("teacher", "head", "frozen", "joint", "probe", "student_ft")
 
 
-def _blocks(name: str, start: int, stop: int) -> str:
-    text = packaged_path(name).read_text(encoding="utf-8")
-    blocks = [b for b in text.split("\n\n") if b.strip()]
-    return "\n\n".join(blocks[start:stop]) + "\n\n"
-
-
 @pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    import jax
-
-    path = tmp_path_factory.mktemp("xla")
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield path
-    jax.config.update("jax_compilation_cache_dir", None)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, xla_cache):
+def tiny(tmp_path_factory, xla_cache, packaged_blocks):
     """Tiny random teacher (H48) and student (H32), real sentences, a few epochs per stage."""
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = load_tokenizer(MINILM)
@@ -61,8 +43,8 @@ def tiny(tmp_path_factory, xla_cache):
                                max_position_embeddings=128)
         save_encoder(build_encoder(config, rngs=nnx.Rngs(1)), root / name, tokenizer=tokenizer)
     for split, (a, b) in {"train": (0, 64), "dev": (64, 80), "test": (80, 96)}.items():
-        (root / f"{split}.conllu").write_text(_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(_blocks("petrogold", 0, 48), encoding="utf-8")
+        (root / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
+    (root / "corpus.conllu").write_text(packaged_blocks("petrogold", 0, 48), encoding="utf-8")
     overrides = [
         f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
         f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",
@@ -71,7 +53,7 @@ def tiny(tmp_path_factory, xla_cache):
         "adapter_hidden=64", "eval_batch_size=16", "latency_batches=2", "checkpoint_every=8",
         "stages.align.token_budget=512", "stages.continual.token_budget=512",
     ] + [f"stages.{s}.batch_size=16" for s in STAGES] + [f"stages.{s}.epochs=2" for s in (*STAGES, "align", "continual")]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(xla_cache), "PYTHONUNBUFFERED": "1"}
+    env = dict(xla_cache)
     return root, overrides, env
 
 

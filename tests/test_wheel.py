@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
-from alad_jax.data.packaged import packaged_path
 from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
@@ -46,13 +45,8 @@ def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
-def _conllu_blocks(start: int, stop: int) -> str:
-    blocks = [b for b in packaged_path("porttinari").read_text(encoding="utf-8").split("\n\n") if b.strip()]
-    return "\n\n".join(blocks[start:stop]) + "\n\n"
-
-
 @pytest.mark.slow
-def test_installed_wheel_runs_and_predicts(tmp_path):
+def test_installed_wheel_runs_and_predicts(tmp_path, packaged_blocks):
     # Built from a copy of the sources: setuptools reuses a checkout's build/ folder, whose stale
     # modules would end up in the wheel.
     source = tmp_path / "source"
@@ -79,7 +73,7 @@ def test_installed_wheel_runs_and_predicts(tmp_path):
                                num_layers=1, num_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
         save_encoder(build_encoder(config, rngs=nnx.Rngs(0)), tmp_path / name, tokenizer=tokenizer)
     for split, (a, b) in {"train": (0, 32), "dev": (32, 40), "test": (40, 48), "corpus": (48, 72)}.items():
-        (tmp_path / f"{split}.conllu").write_text(_conllu_blocks(a, b), encoding="utf-8")
+        (tmp_path / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
     stages = ("teacher", "align", "continual", "probe", "student_ft", "head", "frozen", "joint")
     overrides = [
         f"teacher={tmp_path / 'teacher'}", f"student={tmp_path / 'student'}", "student_layers=0",
