@@ -19,7 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from alad_jax.errors import AladError
 from alad_train.cases import PROBE, TEACHER_FT
+from alad_train.report.contract import headline
 
 TEACHER, STUDENT = TEACHER_FT.row_name(), PROBE.row_name()
 BEGIN = "<!-- results-table:begin -->"
@@ -52,16 +54,12 @@ def load_results(path: Path) -> tuple[dict, Path]:
     return results, file
 
 
-def _headline(value, metric: str) -> float:
-    return float(value[metric] if isinstance(value, dict) else value)
-
-
-def _cell(value, metric: str, scale: float, std=None) -> str:
+def _cell(value, metric: str, scale: float, std, where: str) -> str:
     """A dev/test cell: tagging 0.823 (several seeds: ``0.823 ± 0.004``); QA ``71.32 (exact 68.10)``."""
     digits = 3 if scale == 1 else 2
-    text = f"{_headline(value, metric):.{digits}f}"
+    text = f"{headline(value, metric, where):.{digits}f}"
     if std is not None:
-        text += f" ± {_headline(std, metric):.{digits}f}"
+        text += f" ± {headline(std, metric, where + ' (its standard deviation)'):.{digits}f}"
     if isinstance(value, dict):
         others = ", ".join(f"{k} {float(v):.{digits}f}" for k, v in value.items() if k != metric)
         text += f" ({others})" if others else ""
@@ -100,7 +98,7 @@ def render(results: dict, source: str) -> str:
     metric = results["metric"]
     rows = results["rows"]
     scale = float(results.get("metric_scale") or 1)
-    test = {r["name"]: _headline(r["test"], metric) for r in rows}
+    test = {r["name"]: headline(r["test"], metric, f"row '{r['name']}' test") for r in rows}
     teacher_total = next((r["params"]["total"] for r in rows if r["name"] == TEACHER), 0)
     has_gap = TEACHER in test and STUDENT in test and test[TEACHER] != test[STUDENT]
     stage_seconds = sum(r.get("wall_seconds") or 0 for r in rows) + sum(
@@ -142,8 +140,8 @@ def render(results: dict, source: str) -> str:
         cosine = "-" if row.get("cosine") is None else f"{row['cosine']:.3f}"
         stopping = f"{row['epochs_run']} ({row['best_epoch']}), {row['stopped']}" if "epochs_run" in row else "-"
         lines.append(
-            f"| {name} | {_cell(row['dev'], metric, scale, row.get('dev_std'))} "
-            f"| {_cell(row['test'], metric, scale, row.get('test_std'))} | {gap} "
+            f"| {name} | {_cell(row['dev'], metric, scale, row.get('dev_std'), 'row ' + repr(name) + ' dev')} "
+            f"| {_cell(row['test'], metric, scale, row.get('test_std'), 'row ' + repr(name) + ' test')} | {gap} "
             f"| {stopping} | {row['params']['trainable']:,} | {adapter_cell} | {row['latency_ms']:.1f} | {cosine} |"
         )
     if has_gap:
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.readme.write_text(replace_block(text, table, str(args.readme), args.block), encoding="utf-8")
         print(f"wrote the table of {source} into {args.readme}")
         return 0
-    except TableError as error:
+    except (TableError, AladError) as error:
         print(f"results_table.py: error: {error}", file=sys.stderr)
         return 2
     except (KeyError, TypeError, ValueError) as error:
