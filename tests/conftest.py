@@ -1,20 +1,20 @@
 """Fixtures shared by several test files."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from alad_jax.data.packaged import packaged_path
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+import tiny_inputs  # noqa: E402  (tests/helpers, shared with the worker scripts)
 
 
 @pytest.fixture(scope="session")
 def packaged_blocks():
     """``packaged_blocks(name, start, stop)``: sentences ``start:stop`` of a packaged CoNLL-U corpus, as the
     text of a CoNLL-U file (small real train/dev/test splits for end-to-end runs)."""
-    def blocks(name: str, start: int, stop: int) -> str:
-        sentences = [b for b in packaged_path(name).read_text(encoding="utf-8").split("\n\n") if b.strip()]
-        return "\n\n".join(sentences[start:stop]) + "\n\n"
-    return blocks
+    return tiny_inputs.packaged_blocks
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from alad_jax.models.config import EncoderConfig
 from alad_jax.models.hub import load_tokenizer, save_encoder
 from alad_jax.models.modeling import build_encoder
 from alad_train import pipeline
+import tiny_inputs  # tests/helpers, on the path through tests/conftest.py
 
 CHARACTERS = "abcdefghijklmnopqrstuvwxyzáàâãéêíóôõúüç0123456789.,;:!?()\"'-%$/"
 ROWS = ["teacher", "student_probe", "student_ft", "alad_w3_head", "alad_w3_frozen", "alad_w3_joint",
@@ -44,7 +45,7 @@ def _characters():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, packaged_blocks):
+def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     minilm = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
     student = EncoderConfig(model_type="bert", vocab_size=minilm.vocab_size, hidden_size=32, num_layers=1,
@@ -55,9 +56,7 @@ def tiny(tmp_path_factory, packaged_blocks):
                             num_heads=2, intermediate_size=96, max_position_embeddings=320, type_vocab_size=0,
                             pad_token_id=1, relative_attention_num_buckets=32)
     save_encoder(build_encoder(teacher, rngs=nnx.Rngs(2)), root / "teacher", tokenizer=characters)
-    for split, (a, b) in {"train": (0, 32), "dev": (32, 44), "test": (44, 56)}.items():
-        (root / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(packaged_blocks("petrogold", 0, 32), encoding="utf-8")
+    tiny_inputs.write_ud_splits(root, {"train": (0, 32), "dev": (32, 44), "test": (44, 56)}, corpus=(0, 32))
     overrides = [
         f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
         f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",

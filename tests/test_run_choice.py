@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from alad_train.config import MINILM, load_config
@@ -23,28 +22,20 @@ from alad_jax.data.readers import read_conllu
 from alad_jax.data.tagging import UPOS_LABELS
 from alad_jax.errors import AladError
 from alad_jax.models import hub
-from alad_jax.models.config import EncoderConfig
-from alad_jax.models.hub import load_tokenizer, save_encoder
-from alad_jax.models.modeling import build_encoder
+from alad_jax.models.hub import load_tokenizer
 from alad_train import cases, own_teacher, pipeline
 from alad_train.stages import common
+import tiny_inputs  # tests/helpers, on the path through tests/conftest.py
 
 STAGES = ("teacher", "head", "frozen", "joint", "probe", "student_ft")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, xla_cache, packaged_blocks):
+def tiny(tmp_path_factory, xla_cache):
     """Tiny random teacher (H48) and student (H32), real sentences, a few epochs per stage."""
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = load_tokenizer(MINILM)
-    for name, hidden, layers in (("teacher", 48, 2), ("student", 32, 1)):
-        config = EncoderConfig(model_type="bert", vocab_size=tokenizer.vocab_size, hidden_size=hidden,
-                               num_layers=layers, num_heads=2, intermediate_size=2 * hidden,
-                               max_position_embeddings=128)
-        save_encoder(build_encoder(config, rngs=nnx.Rngs(1)), root / name, tokenizer=tokenizer)
-    for split, (a, b) in {"train": (0, 64), "dev": (64, 80), "test": (80, 96)}.items():
-        (root / f"{split}.conllu").write_text(packaged_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(packaged_blocks("petrogold", 0, 48), encoding="utf-8")
+    tiny_inputs.write_encoders(root, {"teacher": (48, 2), "student": (32, 1)}, max_positions=128)
+    tiny_inputs.write_ud_splits(root, {"train": (0, 64), "dev": (64, 80), "test": (80, 96)}, corpus=(0, 48))
     overrides = [
         f"teacher={root / 'teacher'}", f"student={root / 'student'}", "student_layers=0",
         f"data.train={root / 'train.conllu'}", f"data.dev={root / 'dev.conllu'}", f"data.test={root / 'test.conllu'}",

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import tiny_inputs  # beside this file (tests/helpers)
+
 REPO = Path(__file__).resolve().parents[2]
 QA_CONFIG = REPO / "configs" / "qa_squad_v2_tiny.toml"
 
@@ -29,32 +31,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _blocks(name: str, start: int, stop: int) -> str:
-    from alad_jax.data.packaged import packaged_path
-
-    text = packaged_path(name).read_text(encoding="utf-8")
-    blocks = [b for b in text.split("\n\n") if b.strip()]
-    return "\n\n".join(blocks[start:stop]) + "\n\n"
-
-
 def make_inputs(root: Path) -> None:
     """Tiny random teacher (H32, 2 layers) and student (H16, 1 layer) with the MiniLM tokenizer; UD sentences."""
-    from flax import nnx
-
-    from alad_jax.models.config import EncoderConfig
-    from alad_jax.models.hub import load_tokenizer, save_encoder
-    from alad_jax.models.modeling import build_encoder
-
     root.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
-    for name, hidden, layers in (("teacher", 32, 2), ("student", 16, 1)):
-        config = EncoderConfig(model_type="bert", vocab_size=tokenizer.vocab_size, hidden_size=hidden,
-                               num_layers=layers, num_heads=2, intermediate_size=2 * hidden,
-                               max_position_embeddings=256)
-        save_encoder(build_encoder(config, rngs=nnx.Rngs(1)), root / name, tokenizer=tokenizer)
-    for split, (a, b) in {"train": (0, 32), "dev": (32, 44), "test": (44, 56)}.items():
-        (root / f"{split}.conllu").write_text(_blocks("porttinari", a, b), encoding="utf-8")
-    (root / "corpus.conllu").write_text(_blocks("petrogold", 0, 32), encoding="utf-8")
+    tiny_inputs.write_encoders(root, {"teacher": (32, 2), "student": (16, 1)}, max_positions=256)
+    tiny_inputs.write_ud_splits(root, {"train": (0, 32), "dev": (32, 44), "test": (44, 56)}, corpus=(0, 32))
 
 
 STAGES = ("teacher", "probe", "student_ft", "align", "continual", "head", "frozen", "joint")
