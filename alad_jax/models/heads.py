@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alad_jax.errors import AladError
+from alad_jax.models.dropout import Dropout
 
 
 def _head_linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -35,7 +36,7 @@ class TaggingHead(nnx.Module):
 
     def __init__(self, in_features: int, num_labels: int, dropout: float = 0.1, *, rngs: nnx.Rngs):
         self.in_features = in_features
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = _head_linear(in_features, num_labels, rngs)
 
     def __call__(self, hidden, *, deterministic: bool = True, rngs: jax.Array | None = None) -> jax.Array:
@@ -49,7 +50,7 @@ class QAHead(nnx.Module):
 
     def __init__(self, in_features: int, dropout: float = 0.1, *, rngs: nnx.Rngs):
         self.in_features = in_features
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.qa_outputs = _head_linear(in_features, 2, rngs)
 
     def __call__(

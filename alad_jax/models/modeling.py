@@ -56,6 +56,7 @@ import numpy as np
 from flax import nnx
 
 from alad_jax.errors import AladError
+from alad_jax.models.dropout import Dropout
 from alad_jax.models.config import MPNET_PADDING_IDX, MPNET_POSITION_BUCKETS, EncoderConfig
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range default
@@ -115,7 +116,7 @@ class Embeddings(nnx.Module):
             _embed(config.type_vocab_size, config, dtype, rngs) if config.type_vocab_size else None
         )
         self.norm = _layer_norm(config, dtype, rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, offsets=None, *, deterministic: bool, rngs):
         """input_ids, token_type_ids: int [batch, seq] -> [batch, seq, hidden].
@@ -158,7 +159,7 @@ class SelfAttention(nnx.Module):
         self.key = _linear(hidden, hidden, dtype, rngs)
         self.value = _linear(hidden, hidden, dtype, rngs)
         self.output = _linear(hidden, hidden, dtype, rngs)
-        self.dropout = nnx.Dropout(config.attention_dropout)
+        self.dropout = Dropout(config.attention_dropout)
 
     def __call__(self, x, attention_bias, position_bias=None, *, deterministic: bool, rngs):
         """x: [batch, seq, hidden]; attention_bias: float32 [batch, 1 or seq, seq] added to the scores
@@ -201,8 +202,8 @@ class TransformerLayer(nnx.Module):
         self.mlp_norm = _layer_norm(config, dtype, rngs)
         # DistilBERT adds the attention projection to the residual without dropout.
         attention_output_rate = 0.0 if config.model_type == "distilbert" else config.hidden_dropout
-        self.attention_output_dropout = nnx.Dropout(attention_output_rate)
-        self.mlp_dropout = nnx.Dropout(config.hidden_dropout)
+        self.attention_output_dropout = Dropout(attention_output_rate)
+        self.mlp_dropout = Dropout(config.hidden_dropout)
 
     def __call__(self, x, attention_bias, position_bias=None, *, deterministic: bool, rngs):
         """x: [batch, seq, hidden] -> [batch, seq, hidden]."""
