@@ -9,9 +9,10 @@ ISSUE_OVERRIDES = ["data.max_train=64", "data.max_dev=32", "data.max_test=32", "
                    "corpus.val_sentences=16"]
 
 
-def teacher_batch(matmul_dtype: str):
-    """(config, task, the teacher's stage config, its first training batch) under ``matmul_dtype``."""
+def teacher_batch(matmul_dtype: str, stage_name: str = "teacher"):
+    """(config, task, the stage's config, its first training batch) under ``matmul_dtype``; ``stage_name``:
+    ``teacher`` or ``student_ft`` (the student shares the teacher's tokenizer)."""
     cfg = load_config(None, [*ISSUE_OVERRIDES, f"matmul_dtype={matmul_dtype}"])
     task = tasks.TaggingTask.load(cfg, hub.load_tokenizer(cfg.teacher))
-    stage = cfg.stages.teacher
+    stage = getattr(cfg.stages, stage_name)
     return cfg, task, stage, task.train_batches(stage, 0, batches.for_finetune(cfg, None))[0]

@@ -148,6 +148,44 @@ class Embeddings(nnx.Module):
         return jnp.cumsum(real, axis=1) * real + MPNET_PADDING_IDX
 
 
+def _row_sum(x: jax.Array) -> jax.Array:
+    """x [..., n] -> [..., 1]: the sum over the last axis as a fixed tree of elementwise adds of halves
+    (an odd length carries its last element to the next level)."""
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        pairs = x[..., :half] + x[..., half:2 * half]
+        x = jnp.concatenate([pairs, x[..., 2 * half:]], axis=-1) if x.shape[-1] % 2 else pairs
+    return x
+
+
+@jax.custom_vjp
+def attention_softmax(scores: jax.Array) -> jax.Array:
+    """``jax.nn.softmax`` over the keys (the last axis), with a backward whose per-row numbers do not depend
+    on how many rows the program holds.
+
+    The backward is ``probs * (g - sum_k(g * probs))``, as jax's own; its row sum is written as a fixed tree
+    of elementwise adds rather than a reduction, because XLA:CPU fuses that reduction (with the dot that makes
+    ``g``) into one YNNPACK fusion from 6 rows of 64 positions up and not below, and the two round
+    differently: the same row's query/key gradients differed in the last float32 bit between a 10-row program
+    (one device) and a 5-row one (each of two), and every layer's bfloat16 backward turned that into whole
+    bfloat16 roundings, growing to 1e-3 of the lowest layers' gradients (issue 29, docs/multihost.md). Adds of
+    slices are elementwise: no fusion can reorder them. Same cost as jax's form.
+    """
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def _attention_softmax_fwd(scores):
+    probs = jax.nn.softmax(scores, axis=-1)
+    return probs, probs
+
+
+def _attention_softmax_bwd(probs, cotangent):
+    return (probs * (cotangent - _row_sum(cotangent * probs)),)
+
+
+attention_softmax.defvjp(_attention_softmax_fwd, _attention_softmax_bwd)
+
+
 class SelfAttention(nnx.Module):
     """Multi-head scaled dot-product self-attention with an output projection."""
 
@@ -174,7 +212,7 @@ class SelfAttention(nnx.Module):
         if position_bias is not None:
             scores = scores + position_bias[None]
         scores = scores + attention_bias[:, None, :, :]
-        probs = jax.nn.softmax(scores, axis=-1)
+        probs = attention_softmax(scores)
         probs = self.dropout(probs, deterministic=deterministic, rngs=rngs).astype(v.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, -1)
         return self.output(context)
