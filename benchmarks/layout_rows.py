@@ -33,19 +33,14 @@ print(row, {k: v.shape for k, v in batch.items()})
 key = jax.random.fold_in(jax.random.key(0), 0)
 
 
-def attention_before(self, x, attention_bias, position_bias=None, *, deterministic, rngs, softmax=None):
-    batch, seq, _ = x.shape
-    heads = lambda y: y.reshape(batch, seq, self.num_heads, self.head_dim)
-    q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim ** -0.5
-    scores = scores.astype(jnp.float32)
-    if position_bias is not None:
-        scores = scores + position_bias[None]
-    scores = scores + attention_bias[:, None, :, :]
-    probs = jax.nn.softmax(scores, axis=-1) if softmax is None else softmax(scores)
-    probs = self.dropout(probs, deterministic=deterministic, rngs=rngs).astype(v.dtype)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, -1)
-    return self.output(context)
+def attention_before(self, *args, **kwargs):
+    """modeling's attention with jax's own softmax (its backward's row sum a reduction, as before the fix)."""
+    fixed = modeling.attention_softmax
+    modeling.attention_softmax = lambda scores: jax.nn.softmax(scores, axis=-1)
+    try:
+        return ATTENTION(self, *args, **kwargs)
+    finally:
+        modeling.attention_softmax = fixed
 
 
 def attention_folded(self, x, attention_bias, position_bias=None, *, deterministic, rngs):
@@ -77,7 +72,8 @@ def layer_flat_norms(self, x, attention_bias, position_bias=None, *, determinist
     return norm(self.mlp_norm, x + h)
 
 
-FIXED = (modeling.SelfAttention.__call__, modeling.TransformerLayer.__call__)
+ATTENTION = modeling.SelfAttention.__call__
+FIXED = (ATTENTION, modeling.TransformerLayer.__call__)
 VARIANTS = {"before": (attention_before, FIXED[1]), "fixed": FIXED}
 if os.environ.get("PARTS"):  # what a 1-row program needs as well, for the time it costs
     VARIANTS["+ [batch*heads]"] = (attention_folded, FIXED[1])
