@@ -3,8 +3,8 @@
 ``nnx.Dropout`` draws a float32 uniform per element: one Threefry-2x32
 evaluation per element, which returns 64 random bits of which jax keeps 32 and
 the mask uses one comparison. In a MiniLM train step on the CPU those
-evaluations were the largest cost after the matmuls (``benchmarks/
-profile_steps.py``). :class:`Dropout` takes the same decisions from 16 bits per
+evaluations were about a tenth of the step (``benchmarks/profile_steps.py``;
+docs/speed.md). :class:`Dropout` takes the same decisions from 16 bits per
 element instead: one evaluation gives four. The keep test is ``bits >= d`` with
 ``d = round(rate * 2**16)``, so the rate is ``rate`` rounded to a multiple of
 2^-16 (0.1 -> 0.1000061), and kept values are scaled by ``1 / (1 - d / 2**16)``,
