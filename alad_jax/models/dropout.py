@@ -69,6 +69,8 @@ class Dropout(nnx.Dropout):
 
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
         key = rngs
+        if deterministic is None:  # as nnx.Dropout: the call's flag, else the constructor's
+            deterministic = self.deterministic
         if (deterministic is not False or self.rate in (0.0, 1.0) or self.broadcast_dims
                 or not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                 or str(jax.random.key_impl(key)) != "threefry2x32"
