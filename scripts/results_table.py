@@ -94,6 +94,17 @@ def _minutes(seconds: float) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
+def _stopping(row: dict) -> str:
+    """``18 (15), plateau``; several seeds: each seed's, ``14 (11) / 18 (15) / 12 (9), plateau``."""
+    runs = [r for r in row.get("per_seed") or [] if "epochs_run" in r] or ([row] if "epochs_run" in row else [])
+    if not runs:
+        return "-"
+    reasons = {r["stopped"] for r in runs}
+    if len(reasons) == 1:
+        return " / ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in runs) + f", {reasons.pop()}"
+    return " / ".join(f"{r['epochs_run']} ({r['best_epoch']}), {r['stopped']}" for r in runs)
+
+
 def render(results: dict, source: str) -> str:
     """The table and the lines that say where its numbers come from (Markdown, ends with a newline)."""
     metric = results["metric"]
@@ -139,7 +150,7 @@ def render(results: dict, source: str) -> str:
         adapter = row["params"].get("adapter") or 0
         adapter_cell = f"{adapter:,} ({100 * adapter / teacher_total:.1f}%)" if adapter and teacher_total else "-"
         cosine = "-" if row.get("cosine") is None else f"{row['cosine']:.3f}"
-        stopping = f"{row['epochs_run']} ({row['best_epoch']}), {row['stopped']}" if "epochs_run" in row else "-"
+        stopping = _stopping(row)
         lines.append(
             f"| {name} | {_cell(row['dev'], metric, scale, row.get('dev_std'), 'row ' + repr(name) + ' dev')} "
             f"| {_cell(row['test'], metric, scale, row.get('test_std'), 'row ' + repr(name) + ' test')} | {gap} "

@@ -137,6 +137,12 @@ def test_seeds_and_intervals_appear_in_the_table(workdir):
     frozen = next(line for line in table.splitlines() if line.startswith("| alad_w3_frozen "))
     assert frozen.startswith("| alad_w3_frozen | 0.850 ± 0.004 | 0.840 ± 0.006 | 70.0% [60.0, 80.1] |")
     assert "- alad_w3_frozen - alad_w3_noalign_frozen: +5.00 [-0.20, +10.00], no detectable difference" in table
+    # The stopping column gives every seed's epochs (best), not the first seed's alone.
+    results["rows"][0]["per_seed"] = [{"seed": s, "epochs_run": e, "best_epoch": b, "stopped": "plateau"}
+                                      for s, e, b in ((0, 14, 11), (1, 18, 15), (2, 12, 9))]
+    assert "| teacher | 0.910 | 0.900 | - | 14 (11) / 18 (15) / 12 (9), plateau |" in TABLE.render(results, "r.json")
+    results["rows"][0]["per_seed"][1]["stopped"] = "cap"
+    assert "| 14 (11), plateau / 18 (15), cap / 12 (9), plateau |" in TABLE.render(results, "r.json")
     assert "3 seeds: resampling seeds and, within each, test sentences" in table
 
 
