@@ -267,6 +267,22 @@ def main() -> None:
     if "prng" in todo:
         print("teacher fine-tune step by dropout PRNG:", prng_impls(cfg, teacher, student, num_labels, args.reps),
               flush=True)
+    if "adapter_cached" in todo:
+        # The cached AlAd step `alad bench` divides into its MFU: 32 x 128 positions of bf16 hidden states.
+        rows, length = bench_effort.MFU_BATCH
+        dims = student.config.hidden_size, teacher.config.hidden_size
+        rng = np.random.default_rng(0)
+        batch = {"input_ids": np.ones((rows, length), np.int32), "attention_mask": np.ones((rows, length), np.int32),
+                 "student_hidden": rng.normal(size=(rows, length, dims[0])).astype(jax.numpy.bfloat16),
+                 "teacher_hidden": rng.normal(size=(rows, length, dims[1])).astype(jax.numpy.bfloat16)}
+        adapter = models.new_adapter(cfg, *dims, cfg.windows[0], nnx.Rngs(0), impl=None)
+        state = train_state_of(adapter, nnx.Param, models.cached_align_loss,
+                               make_optimizer(cfg.stages.continual, cfg.optim, 1000), mesh,
+                               matmul_dtype=cfg.matmul_dtype)
+        state.loss_fn = models.cached_align_loss
+        device_batch = jax.device_put(batch)
+        print("cached AlAd step 32x128 phases:", phases(state, device_batch, args.reps), flush=True)
+        print("cached AlAd step 32x128 ops:", op_profile(state, device_batch), flush=True)
     if "align_uncached" in todo:
         batch = bench_steps.dense_batch(*bench_effort.ALIGN_BATCH, teacher.config.vocab_size, num_labels)
         del batch["labels"]
